@@ -8,6 +8,7 @@ local cache so ``pyd logs`` still works ("dual logging").
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Protocol, runtime_checkable
 
@@ -43,6 +44,9 @@ class ReadConfig:
     since_nano: int = 0
     until_nano: int = 0  # 0: no upper bound
     follow: bool = False
+    # Set by the core when the client went away: a following reader returns soon after
+    # (moby's WatchConsumerGone). None: the reader is stopped only by the writer closing.
+    cancel: threading.Event | None = None
 
 
 class LogWriter(Protocol):

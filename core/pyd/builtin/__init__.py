@@ -1,0 +1,1 @@
+"""Core plugins: replaceable behaviour that ships with the core (see ``registry.CORE_PLUGINS``)."""
