@@ -1,0 +1,372 @@
+"""Helpers shared by the CLI's commands: the client, output, filters, sizes, times, IDs.
+
+A command module uses them like this::
+
+    import click
+    from pyd.cli import common
+
+    @click.command("ps")
+    @common.filter_option
+    @common.format_option
+    @common.quiet_option
+    def ps(filters, format_, quiet):
+        client = common.get_client()
+        rows = client.get("/containers/json", params={"filters": common.parse_filters(filters)})
+        common.print_list([row_context(r) for r in rows], format_, default=DEFAULT, quiet=quiet,
+                          headers={"ID": "CONTAINER ID", "RunningFor": "CREATED"})
+
+Keep module-level imports here cheap (this module loads for every command): the client,
+``pyd.format`` and ``datetime`` are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import click
+
+if TYPE_CHECKING:
+    from pyd.client import Client, TLSConfig
+
+# -- global state and the client -----------------------------------------------------------------
+
+
+class CliState:
+    """What the global options set (``ctx.obj``); builds the one ``Client`` of an invocation."""
+
+    def __init__(self) -> None:
+        self.host: str | None = None
+        self.debug = False
+        self.tls = False
+        self.tlsverify = False
+        self.tlscacert: str | None = None
+        self.tlscert: str | None = None
+        self.tlskey: str | None = None
+        self._client: Client | None = None
+
+    @property
+    def resolved_host(self) -> str:
+        """``-H``, else ``PYD_HOST``, else ``unix:///run/pyd/pyd.sock``."""
+        from pyd.client import DEFAULT_HOST
+
+        return self.host or os.environ.get("PYD_HOST") or DEFAULT_HOST
+
+    def tls_config(self) -> TLSConfig | None:
+        """TLS as docker decides it: ``--tlsverify`` (or ``PYD_TLS_VERIFY``) verifies the
+        daemon; ``--tls`` encrypts without verifying. Files default to ``$PYD_CERT_PATH`` or
+        ``~/.pyd`` (``ca.pem``, ``cert.pem``, ``key.pem``) when they exist there."""
+        verify = self.tlsverify or bool(os.environ.get("PYD_TLS_VERIFY"))
+        if not (self.tls or verify):
+            return None
+        from pyd.client import TLSConfig
+
+        cert_dir = os.environ.get("PYD_CERT_PATH") or os.path.expanduser("~/.pyd")
+
+        def pick(explicit: str | None, name: str) -> str | None:
+            if explicit:
+                return explicit
+            path = os.path.join(cert_dir, name)
+            return path if os.path.exists(path) else None
+
+        return TLSConfig(
+            verify=verify,
+            ca=pick(self.tlscacert, "ca.pem"),
+            cert=pick(self.tlscert, "cert.pem"),
+            key=pick(self.tlskey, "key.pem"),
+        )
+
+    def client(self) -> Client:
+        if self._client is None:
+            from pyd.client import Client
+
+            self._client = Client(
+                self.resolved_host,
+                tls=self.tls_config(),
+                version=os.environ.get("PYD_API_VERSION") or None,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def get_state(ctx: click.Context | None = None) -> CliState:
+    ctx = ctx or click.get_current_context()
+    state = ctx.find_object(CliState)
+    if state is None:  # a command invoked outside the pyd group (tests)
+        state = ctx.ensure_object(CliState)
+    return state
+
+
+def get_client(ctx: click.Context | None = None) -> Client:
+    """The client for this invocation (from ``-H``/``PYD_HOST`` and the TLS options)."""
+    return get_state(ctx).client()
+
+
+def is_daemon_error(exc: BaseException) -> bool:
+    """True for an error the daemon answered with (the client sets ``http_status``)."""
+    return getattr(exc, "http_status", None) is not None
+
+
+# -- options -------------------------------------------------------------------------------------
+
+format_option = click.option(
+    "--format",
+    "format_",
+    metavar="FORMAT",
+    default=None,
+    help="Format output using a custom template: 'table', 'table TEMPLATE' (with headers), "
+    "'json', or a Go template such as '{{.ID}}'.",
+)
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="Only display IDs.")
+filter_option = click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="FILTER",
+    help="Filter output based on conditions provided (KEY=VALUE); repeatable.",
+)
+no_trunc_option = click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def write(text: str) -> None:
+    """Write to stdout and flush (streams are read line by line by scripts)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def warn(text: str) -> None:
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+
+
+def print_list(
+    items: Iterable[Any],
+    format_: str | None,
+    *,
+    default: str,
+    headers: Mapping[str, str] | None = None,
+    quiet: bool = False,
+    quiet_format: str = "{{.ID}}",
+) -> None:
+    """Print ``items`` as docker's list commands do.
+
+    ``format_`` is the user's ``--format`` (None/'' → ``default``, a ``table ...`` template;
+    ``table`` alone → ``default``). ``-q`` prints ``quiet_format`` unless a custom format
+    was given. ``headers`` maps field names to header text where it differs from the derived
+    one (``{"ID": "CONTAINER ID", "RunningFor": "CREATED"}``).
+    """
+    from pyd.format import format_list
+
+    fmt = format_ or ""
+    if quiet and fmt in ("", "table"):
+        fmt = quiet_format
+    elif fmt in ("", "table"):
+        fmt = default
+    write(format_list(fmt, items, headers))
+
+
+def print_one(format_: str, data: Any) -> None:
+    """Print one object with a user's ``--format`` (``inspect -f``, ``version --format``),
+    followed by a newline as docker does."""
+    from pyd.format import format_one
+
+    write(format_one(format_, data) + "\n")
+
+
+def print_table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> None:
+    """Print a plain docker-style table (header row first)."""
+    from pyd.format import tabulate
+
+    write(tabulate([list(headers), *[list(r) for r in rows]]))
+
+
+# -- filters -------------------------------------------------------------------------------------
+
+
+def parse_filters(values: Iterable[str]) -> dict[str, dict[str, bool]] | None:
+    """``("label=a=b", "status=running", "status=exited")`` → Docker's filters JSON as the CLI
+    sends it, ``{"label": {"a=b": True}, "status": {"running": True, "exited": True}}``;
+    None when there are none (so no ``filters`` parameter is sent)."""
+    from pyd.errors import InvalidParameter
+
+    out: dict[str, dict[str, bool]] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidParameter(f'bad format of filter "{value}" (expected name=value)')
+        out.setdefault(key.lower(), {})[val] = True
+    return out or None
+
+
+# -- sizes, times, IDs -----------------------------------------------------------------------
+
+_DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
+
+
+def _custom_size(size: float, base: float, units: tuple[str, ...], precision: int) -> str:
+    i = 0
+    while size >= base and i < len(units) - 1:
+        size /= base
+        i += 1
+    return f"{size:.{precision}g}{units[i]}"
+
+
+def human_size(size: float, precision: int = 3) -> str:
+    """docker's ``HumanSizeWithPrecision`` (decimal units): 1982417 → ``1.98MB``.
+
+    docker uses precision 3 in ``images``/``ps -s``/``system df`` and 4 (``HumanSize``)
+    elsewhere."""
+    return _custom_size(float(size), 1000.0, _DECIMAL_UNITS, precision)
+
+
+def bytes_size(size: float) -> str:
+    """docker's ``BytesSize`` (binary units, 4 significant digits): ``23.54GiB``."""
+    return _custom_size(float(size), 1024.0, _BINARY_UNITS, 4)
+
+
+def human_duration(seconds: float) -> str:
+    """docker's ``HumanDuration``: ``Less than a second``, ``5 minutes``, ``About an hour``,
+    ``3 days``, ...; used for ``Up 5 minutes`` and ``2 hours ago``."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(round(seconds / 3600))
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def time_ago(timestamp: float, now: float | None = None) -> str:
+    """``2 hours ago`` for a Unix timestamp (docker's CREATED column)."""
+    now = time.time() if now is None else now
+    return human_duration(now - timestamp) + " ago"
+
+
+def short_id(object_id: str, no_trunc: bool = False) -> str:
+    """docker's ``TruncateID``: drop an algorithm prefix (``sha256:``), keep 12 characters."""
+    if no_trunc:
+        return object_id
+    _, sep, rest = object_id.partition(":")
+    return (rest if sep else object_id)[:12]
+
+
+def local_time(seconds: int, nanos: int = 0) -> str:
+    """RFC 3339 with nanoseconds in local time, as docker prints event times:
+    ``2026-11-28T06:59:48.500237729Z`` (``Z`` when local time is UTC, else ``+01:00``)."""
+    tm = time.localtime(seconds)
+    offset = tm.tm_gmtoff or 0
+    if offset == 0:
+        zone = "Z"
+    else:
+        sign = "+" if offset > 0 else "-"
+        zone = f"{sign}{abs(offset) // 3600:02d}:{abs(offset) % 3600 // 60:02d}"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f".{nanos:09d}{zone}"
+
+
+_DURATION_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}
+
+
+def parse_go_duration(value: str) -> float | None:
+    """Seconds of a Go duration (``10m``, ``1h30m``, ``1.5h``, ``300ms``), or None."""
+    import re
+
+    if value in ("0", "+0", "-0"):
+        return 0.0
+    m = re.fullmatch(r"([-+]?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+", value)
+    if not m:
+        return None
+    total = sum(
+        float(num) * _DURATION_UNITS[unit]
+        for num, unit in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", value)
+    )
+    return -total if m.group(1) == "-" else total
+
+
+def parse_timestamp(value: str, now: float | None = None) -> str:
+    """docker's ``GetTimestamp`` for ``--since``/``--until``: a Go duration (relative to now),
+    an RFC 3339 date or date-time (local time unless it has a zone), or Unix seconds
+    (``1795850059`` or ``1795850059.000000001``). Returns ``SECONDS[.NANOS]`` for the API."""
+    from pyd.errors import InvalidParameter
+
+    value = value.strip()
+    now = time.time() if now is None else now
+    dur = parse_go_duration(value)
+    if dur is not None and value != "0":
+        return str(int(now - dur))
+    if "-" in value:
+        import datetime as dt
+
+        text = value.replace("z", "Z")
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidParameter(
+                f'cannot parse "{value}" as a time: use a Unix timestamp, a date such as '
+                f"2026-01-02 or 2026-01-02T15:04:05Z, or a duration such as 10m"
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.astimezone()  # local time, as docker parses zone-less dates
+        frac = text.rpartition(".")[2] if "." in text else ""
+        digits = "".join(c for c in frac if c.isdigit())[:9]
+        nanos = int(digits.ljust(9, "0")) if digits else parsed.microsecond * 1000
+        return f"{int(parsed.replace(microsecond=0).timestamp())}.{nanos:09d}"
+    sec, _, frac = value.partition(".")
+    if sec.isdigit() and (not frac or frac.isdigit()):
+        return value
+    raise InvalidParameter(f'failed to parse value as time or duration: "{value}"')
+
+
+# -- JSON progress streams -------------------------------------------------------------------
+
+
+def print_progress(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """Print a JSON message stream (load, import, pull, push, build) as docker does without a
+    TTY: ``stream`` text as is, ``status`` lines as ``ID: status``; an ``error``/``errorDetail``
+    message raises it as a daemon error. Returns the ``aux`` payloads (e.g. image IDs)."""
+    aux: list[Any] = []
+    for msg in messages:
+        if msg.get("errorDetail") or msg.get("error"):
+            from pyd.errors import PydError
+
+            detail = msg.get("errorDetail") or {}
+            err = PydError(detail.get("message") or msg.get("error") or "unknown error")
+            err.http_status = 500  # type: ignore[attr-defined]
+            raise err
+        if "aux" in msg:
+            aux.append(msg["aux"])
+        if "stream" in msg:
+            write(str(msg["stream"]))
+        elif msg.get("status"):
+            prefix = f"{msg['id']}: " if msg.get("id") else ""
+            write(f"{prefix}{msg['status']}\n")
+    return aux
