@@ -1,0 +1,146 @@
+"""TCP throughput over a pyd bridge network vs a bare veth pair, and endpoint set-up time.
+
+    sudo python benchmarks/bridge_throughput.py [-t 5] [-r 3] [-n 30] [--json]
+
+Needs root, ``iperf3`` (Debian package ``iperf3``), ``unshare``/``nsenter`` and the
+``pyd-network-bridge`` distribution. Measures, all inside network namespaces this script
+makes (no traffic leaves them):
+
+* iperf3 TCP throughput between two sandboxes joined to one ``bridge`` network
+  (veth -> bridge -> veth), median of ``-r`` runs of ``-t`` seconds;
+* the same between two namespaces linked by one bare veth pair (the host's limit);
+* the driver's endpoint life cycle: create_endpoint + join, and leave + delete_endpoint,
+  median and 90th percentile of ``-n`` rounds on one sandbox.
+
+Runs alternate (bridge, veth, bridge, ...) so drift on a shared machine hits both alike.
+Everything made is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pyd.drivers.network import EndpointRequest, JoinRequest
+from pyd.testing.network import NetEnv, Sandbox
+
+
+def iperf(server: Sandbox, client: Sandbox, server_ip: str, seconds: int) -> float:
+    """Gbit/s received by ``server`` from ``client`` over one TCP stream."""
+    proc = server.start("iperf3", "-s", "-1", "-B", server_ip)
+    try:
+        for _ in range(100):  # wait until it listens
+            if f"{server_ip}:5201" in server.run("busybox", "netstat", "-ltn").stdout:
+                break
+            time.sleep(0.05)
+        out = client.run("iperf3", "-c", server_ip, "-t", str(seconds), "-J", timeout=seconds + 30).stdout
+        doc = json.loads(out)
+        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        proc.wait(timeout=10)
+
+
+def veth_pair(env: NetEnv) -> tuple[Sandbox, Sandbox, str]:
+    a, b = env.sandbox(), env.sandbox()
+    ha, hb = f"{env.prefix}a", f"{env.prefix}b"
+    env.extra_links += [ha, hb]
+    subprocess.run(["ip", "link", "add", ha, "type", "veth", "peer", "name", hb], check=True)
+    subprocess.run(["ip", "link", "set", ha, "netns", str(a.path)], check=True)
+    subprocess.run(["ip", "link", "set", hb, "netns", str(b.path)], check=True)
+    for sb, name, addr in ((a, ha, "10.199.255.1/30"), (b, hb, "10.199.255.2/30")):
+        sb.run("ip", "addr", "add", addr, "dev", name)
+        sb.run("ip", "link", "set", name, "up")
+        sb.run("ip", "link", "set", "lo", "up")
+    return a, b, "10.199.255.2"
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-t", type=int, default=5, help="seconds per iperf3 run [5]")
+    ap.add_argument("-r", type=int, default=3, help="iperf3 runs per setup [3]")
+    ap.add_argument("-n", type=int, default=30, help="endpoint life-cycle rounds [30]")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root", file=sys.stderr)
+        return 2
+    for tool in ("iperf3", "unshare", "nsenter", "busybox"):
+        if shutil.which(tool) is None:
+            print(f"needs {tool} (Debian package {'iperf3' if tool == 'iperf3' else tool})", file=sys.stderr)
+            return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="pyd-bench-net-"))
+    env = NetEnv(tmp)
+    try:
+        driver = env.load("bridge")
+        net = env.network(driver)
+        a, b = env.sandbox(), env.sandbox()
+        env.attach(net, a)
+        eb = env.attach(net, b)
+        bridge_ip = eb.address.split("/")[0]
+        va, vb, veth_ip = veth_pair(env)
+
+        bridge_gbps, veth_gbps = [], []
+        for _ in range(args.r):
+            bridge_gbps.append(iperf(b, a, bridge_ip, args.t))
+            veth_gbps.append(iperf(vb, va, veth_ip, args.t))
+
+        sb = env.sandbox()
+        up, down = [], []
+        for _ in range(args.n):
+            ep = EndpointRequest(net.network_id, secrets.token_hex(32), net.address())
+            t0 = time.perf_counter()
+            driver.create_endpoint(ep)
+            driver.join(JoinRequest(net.network_id, ep.endpoint_id, str(sb.path)))
+            t1 = time.perf_counter()
+            driver.leave(net.network_id, ep.endpoint_id)
+            driver.delete_endpoint(net.network_id, ep.endpoint_id)
+            t2 = time.perf_counter()
+            up.append((t1 - t0) * 1000)
+            down.append((t2 - t1) * 1000)
+    finally:
+        env.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    br, ve = statistics.median(bridge_gbps), statistics.median(veth_gbps)
+    figures = {
+        "bridge_gbps_median": round(br, 2),
+        "veth_gbps_median": round(ve, 2),
+        "bridge_vs_veth_percent": round(100 * br / ve, 1),
+        "bridge_gbps_runs": [round(x, 2) for x in bridge_gbps],
+        "veth_gbps_runs": [round(x, 2) for x in veth_gbps],
+        "create_endpoint_join_ms_median": round(statistics.median(up), 1),
+        "create_endpoint_join_ms_p90": round(pct(up, 0.9), 1),
+        "leave_delete_endpoint_ms_median": round(statistics.median(down), 1),
+        "leave_delete_endpoint_ms_p90": round(pct(down, 0.9), 1),
+    }
+    if args.json:
+        print(json.dumps(figures, indent=1))
+        return 0
+    print(f"# iperf3 TCP, 1 stream, {args.r} x {args.t}s each (median); {args.n} endpoint rounds")
+    print(f"bridge (veth-bridge-veth)   {br:7.2f} Gbit/s   runs {figures['bridge_gbps_runs']}")
+    print(f"bare veth pair              {ve:7.2f} Gbit/s   runs {figures['veth_gbps_runs']}")
+    print(f"bridge / veth               {figures['bridge_vs_veth_percent']:6.1f} %   (target >= 90 %)")
+    print(f"create_endpoint + join      {figures['create_endpoint_join_ms_median']:6.1f} ms median, "
+          f"{figures['create_endpoint_join_ms_p90']:.1f} ms p90")
+    print(f"leave + delete_endpoint     {figures['leave_delete_endpoint_ms_median']:6.1f} ms median, "
+          f"{figures['leave_delete_endpoint_ms_p90']:.1f} ms p90")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
