@@ -1,0 +1,2 @@
+"""Route modules, one per API area; each has ``setup(app)`` and is listed in
+``pyd.server.app.ROUTE_MODULES``."""
