@@ -115,6 +115,9 @@ class ContainerInfo:
     privileged: bool = False
     # Directory owned by this container under the exec-root / data-root.
     state_dir: str = ""
+    # The effective daemon configuration, the mapping ``pyd_configure`` received (e.g.
+    # ``seccomp-profile``), so hooks need no module state to find daemon-wide defaults.
+    daemon_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
