@@ -220,7 +220,7 @@ def build_engine(config: DaemonConfig) -> Engine:
     from pyd.engine.networks import NetworkService
 
     # before containers: closed after them, so stopping containers can still release networks
-    engine.add_service("networks", NetworkService(config=config, registry=registry, events=engine.events))
+    networks = engine.add_service("networks", NetworkService(config=config, registry=registry, events=engine.events))
     from pyd.engine.containers import ContainerService
 
     containers = engine.add_service("containers", ContainerService(
@@ -228,6 +228,13 @@ def build_engine(config: DaemonConfig) -> Engine:
         images=getattr(engine, "images", None), exec_driver=exec_driver, log_driver=log_driver))
     if graph is not None:
         engine.images.containers_using = containers.using_image
+    containers.mounts.attach(engine.volumes)  # volume mounts; the volume service's `users`
+    from functools import partial
+
+    from pyd.engine.container_network import container_ref
+
+    containers.networks = networks
+    networks.container_lookup = partial(container_ref, containers)
     log.info(
         "engine ready: storage=%s log=%s exec=%s authz=%s",
         engine.graph_name or "-",

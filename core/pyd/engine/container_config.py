@@ -24,7 +24,7 @@ from pyd.engine.container_defaults import (
     config_template,
     host_config_template,
 )
-from pyd.errors import InvalidParameter, NotFound
+from pyd.errors import InvalidParameter
 
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 CORE_SECURITY_OPT_KEYS = ("no-new-privileges", "label")
@@ -323,8 +323,7 @@ def normalize_host_config(
     # network
     mode = hc.get("NetworkMode") or "default"
     hc["NetworkMode"] = mode
-    if not (mode in ("default", "bridge", "none", "host") or mode.startswith("container:")):
-        raise NotFound(f"network {mode} not found")
+    # any other mode names a network: the network service checks it exists (NotFound)
     if mode.startswith("container:") and not mode[len("container:"):]:
         raise InvalidParameter("invalid NetworkMode 'container:': a container name or ID is required")
     if hc.get("PortBindings") and mode in ("none", "host") or (mode.startswith("container:") and hc.get("PortBindings")):
@@ -333,10 +332,6 @@ def normalize_host_config(
             hc["PortBindings"] = {}
         else:
             raise InvalidParameter("conflicting options: port publishing and the container type network mode")
-    if hc.get("PortBindings") and mode in ("default", "bridge"):
-        # networks are a later step: default/bridge containers get a private netns with only lo
-        warnings.append("pyd has no bridge network yet: the container runs with only a loopback "
-                        "interface and its published ports are not reachable")
     _namespace_mode(hc, "IpcMode", ("private", "shareable", "host"), "private")
     _namespace_mode(hc, "PidMode", ("", "host"), "")
     _namespace_mode(hc, "UTSMode", ("", "host"), "")
@@ -441,14 +436,27 @@ def normalize_host_config(
         hc["Tmpfs"] = tmpfs
     else:
         hc.pop("Tmpfs", None)
+    # Binds, Mounts, VolumesFrom: checked here, planned at create (pyd.engine.container_mounts)
+    from pyd.engine.container_mounts import parse_bind_spec, parse_mount, parse_volumes_from
+
     binds = _str_list(hc.get("Binds"), "Binds")
     for b in binds or []:
-        parse_bind(b)
+        parse_bind_spec(b)
     hc["Binds"] = binds or None
-    if hc.get("Mounts"):
-        raise InvalidParameter("--mount is not supported by pyd yet; use -v /host/path:/container/path")
-    if hc.get("VolumesFrom"):
-        raise InvalidParameter("--volumes-from is not supported by pyd yet")
+    if not isinstance(hc.get("VolumeDriver") or "", str):
+        raise InvalidParameter(f"invalid VolumeDriver: expected a string, got {hc['VolumeDriver']!r}")
+    hc["VolumeDriver"] = hc.get("VolumeDriver") or ""
+    mounts = hc.get("Mounts")
+    if mounts is not None and not isinstance(mounts, list):
+        raise InvalidParameter(f"invalid Mounts: expected a list, got {mounts!r}")
+    for m in mounts or []:
+        parse_mount(m)
+    if not mounts:
+        hc.pop("Mounts", None)
+    volumes_from = _str_list(hc.get("VolumesFrom"), "VolumesFrom")
+    for v in volumes_from or []:
+        parse_volumes_from(v)
+    hc["VolumesFrom"] = volumes_from or None
     if hc.get("Init") is not None:
         hc["Init"] = bool(hc["Init"])
     else:

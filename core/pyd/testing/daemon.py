@@ -14,7 +14,9 @@ must stay under 108 bytes, which pytest's ``tmp_path`` can exceed). It never rea
         docker.DockerClient(base_url=d.base_url).ping()
 
 If ``PYD_TEST_STORAGE_DRIVER`` is set (tox sets it), ``--storage-driver`` is passed unless
-the test chose one itself.
+the test chose one itself. Unless the test chooses ``bridge`` or ``bip``, each daemon gets its
+own default bridge ``pt<4 hex>0`` (so its kernel objects are named ``pt<4 hex>...``): two test
+daemons never share a bridge or an nftables table.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -65,6 +68,7 @@ class DaemonProcess:
         self.pidfile = self._run_dir / "pyd.pid"
         self.config_file = self.root / "daemon.json"
         self.log_file = self.root / "daemon.log"
+        self.bridge = f"pt{secrets.token_hex(2)}0"  # used unless the test chooses bridge/bip
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- addresses --------------------------------------------------------------------------
@@ -107,6 +111,8 @@ class DaemonProcess:
             args += ["-H", self.host]
         if self.storage_driver and not chosen("storage-driver", "-s", "--storage-driver"):
             args += ["--storage-driver", self.storage_driver]
+        if not chosen("bridge", "-b", "--bridge") and not chosen("bip", "--bip"):
+            args += ["--bridge", self.bridge]
         return args + self.flags
 
     def start(self, *, wait: bool = True) -> "DaemonProcess":
