@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import pytest
 
-from pyd.drivers.graph import ChangeKind, CreateRequest
+from pyd.drivers.graph import ChangeKind, CreateRequest, LayerCapacity
 from pyd.errors import Conflict, InvalidOption, InvalidParameter, NotFound, NotSupported
 from pyd.registry import Kind, PluginRegistry
 
@@ -248,6 +248,8 @@ class GraphDriverSuite:
     def test_good_options_accepted(self, driver: Any) -> None:
         assert driver.name == self.driver_name
         assert all(len(kv) == 2 for kv in driver.status())
+        if isinstance(driver, LayerCapacity):
+            assert driver.free_bytes() > 0
 
     def test_bad_options_rejected(self, sandbox: Sandbox) -> None:
         for bad in self.bad_options:

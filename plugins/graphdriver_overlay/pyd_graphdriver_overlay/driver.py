@@ -226,6 +226,11 @@ class OverlayDriver:
             ("Native Overlay Diff", "true" if self._native else "false"),
         ]
 
+    def free_bytes(self) -> int:
+        """Free space for unprivileged use on the backing filesystem (``LayerCapacity``)."""
+        st = os.statvfs(self.home)
+        return st.f_bavail * st.f_frsize
+
     def metadata(self, layer_id: str) -> dict[str, str]:
         d = self._require(layer_id)
         meta = {

@@ -178,6 +178,11 @@ class VfsDriver:
     def status(self) -> list[tuple[str, str]]:
         return [("Backing Filesystem", self._backing)]
 
+    def free_bytes(self) -> int:
+        """Free space for unprivileged use on the backing filesystem (``LayerCapacity``)."""
+        st = os.statvfs(self.home)
+        return st.f_bavail * st.f_frsize
+
     def metadata(self, layer_id: str) -> dict[str, str]:
         return {"Dir": self._require(layer_id)}
 
