@@ -80,6 +80,10 @@ class ProcessSpec:
     domainname: str = ""
     rootfs: str = ""  # host path of the mounted root filesystem
     readonly_rootfs: bool = False
+    # Propagation of the container's root mount tree (OCI linux.rootfsPropagation): "" means
+    # rprivate; "rslave" lets mounts made on the host under a bind source with shared/slave
+    # propagation reach the container (never back). .. versionadded:: 0.1 (issue 6)
+    rootfs_propagation: str = ""
     mounts: list[MountSpec] = field(default_factory=list)
     devices: list[DeviceSpec] = field(default_factory=list)
     masked_paths: list[str] = field(default_factory=list)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+from pyd.cli.mount_flags import mount_fields, split_volumes
 from pyd.errors import InvalidParameter
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
@@ -134,11 +135,15 @@ class RunOptions:
         "add_host",
         "group_add",
         "volumes",
+        "mounts",
+        "volumes_from",
         "ulimits",
         "sysctls",
         "publish",
         "expose",
         "attach",
+        "network_alias",
+        "link",
     )
     _DEFAULTS: dict[str, Any] = {
         "name": "",
@@ -155,6 +160,8 @@ class RunOptions:
         "stop_signal": "",
         "stop_timeout": None,
         "network": "",
+        "ip": "",
+        "publish_all": False,
         "memory": "",
         "memory_swap": "",
         "cpus": "",
@@ -165,6 +172,7 @@ class RunOptions:
         "privileged": False,
         "read_only": False,
         "log_driver": "",
+        "volume_driver": "",
         "init": None,
         "shm_size": "",
         "oom_score_adj": 0,
@@ -269,9 +277,16 @@ def build_create_body(o: RunOptions, environ: Mapping[str, str] | None = None) -
     if o.init is not None:
         hc["Init"] = o.init
     for key, values in (("Dns", o.dns), ("DnsSearch", o.dns_search), ("DnsOptions", o.dns_option),
-                        ("ExtraHosts", o.add_host), ("GroupAdd", o.group_add), ("Binds", o.volumes)):
+                        ("ExtraHosts", o.add_host), ("GroupAdd", o.group_add)):
         if values:
             hc[key] = list(values)
+    # -v, --mount, --volumes-from, --volume-driver (pyd.cli.mount_flags)
+    binds, anonymous = split_volumes(o.volumes)
+    if binds:
+        hc["Binds"] = binds
+    if anonymous:
+        body["Volumes"] = anonymous
+    hc.update(mount_fields(o.mounts, o.volumes_from, o.volume_driver))
     if o.ulimits:
         hc["Ulimits"] = [parse_ulimit(u) for u in o.ulimits]
     if o.sysctls:
@@ -288,6 +303,18 @@ def build_create_body(o: RunOptions, environ: Mapping[str, str] | None = None) -
             ports[port_key] = {}
             bindings.setdefault(port_key, []).append(binding)
         hc["PortBindings"] = bindings
+    if o.publish_all:
+        hc["PublishAllPorts"] = True
+    if o.link:
+        hc["Links"] = list(o.link)
+    if o.network_alias or o.ip:
+        # docker puts them in the endpoint config of the network named by --network
+        ep: dict[str, Any] = {}
+        if o.network_alias:
+            ep["Aliases"] = list(o.network_alias)
+        if o.ip:
+            ep["IPAMConfig"] = {"IPv4Address": o.ip}
+        body["NetworkingConfig"] = {"EndpointsConfig": {o.network or "default": ep}}
     if ports:
         body["ExposedPorts"] = ports
     if o.tty and o.console_size != (0, 0):

@@ -61,7 +61,10 @@ def create_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--restart", default="", help="Restart policy: no, always, on-failure[:max-retries], unless-stopped."),
         click.option("--stop-signal", default="", help="Signal to stop the container."),
         click.option("--stop-timeout", type=int, default=None, help="Timeout (in seconds) to stop a container."),
-        click.option("--network", "--net", "network", default="", help="Connect a container to a network (none, host, container:NAME)."),
+        click.option("--network", "--net", "network", default="", help="Connect a container to a network (bridge, none, host, container:NAME or a network's name)."),
+        click.option("--network-alias", "--net-alias", "network_alias", multiple=True, help="Add network-scoped alias for the container."),
+        click.option("--ip", default="", help="IPv4 address (e.g., 172.30.100.104)."),
+        click.option("--link", multiple=True, help="Add link to another container (name[:alias])."),
         click.option("-m", "--memory", default="", help="Memory limit."),
         click.option("--memory-swap", default="", help="Swap limit equal to memory plus swap: '-1' to enable unlimited swap."),
         click.option("--cpus", default="", help="Number of CPUs."),
@@ -83,7 +86,12 @@ def create_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--dns-option", "--dns-opt", "dns_option", multiple=True, help="Set DNS options."),
         click.option("--add-host", multiple=True, help="Add a custom host-to-IP mapping (host:ip)."),
         click.option("--group-add", multiple=True, help="Add additional groups to join."),
-        click.option("-v", "--volume", "volumes", multiple=True, help="Bind mount a host path (/host:/ctr[:ro])."),
+        click.option("-v", "--volume", "volumes", multiple=True,
+                     help="Bind mount a volume or host path: NAME:/ctr, /host:/ctr, /ctr; options :ro, :nocopy, ..."),
+        click.option("--mount", "mounts", multiple=True,
+                     help="Attach a filesystem mount: type=bind|volume|tmpfs,source=,target=,readonly,..."),
+        click.option("--volumes-from", "volumes_from", multiple=True, help="Mount volumes from the specified container(s) (CTR[:ro|rw])."),
+        click.option("--volume-driver", "volume_driver", default="", help="Optional volume driver for the container."),
         click.option("--ulimit", "ulimits", multiple=True, help="Ulimit options."),
         click.option("--sysctl", "sysctls", multiple=True, help="Sysctl options."),
         click.option("--shm-size", default="", help="Size of /dev/shm."),
@@ -94,6 +102,7 @@ def create_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cgroupns", default="", help="Cgroup namespace to use (host|private)."),
         click.option("-p", "--publish", multiple=True, help="Publish a container's port(s) to the host."),
         click.option("--expose", multiple=True, help="Expose a port or a range of ports."),
+        click.option("-P", "--publish-all", is_flag=True, help="Publish all exposed ports to random ports."),
         click.option("--platform", default="", hidden=True),
         click.option("--pull", default="missing", hidden=True),
         click.option("-q", "--quiet", is_flag=True, hidden=True),
@@ -115,8 +124,11 @@ def options_from(kwargs: dict[str, Any]) -> RunOptions:
     k["attach"] = list(k.pop("attach_streams", ()))
     k["labels"] = list(k.pop("label", ()))
     k["command"] = list(k.get("command") or ())
+    for key in ("mounts", "volumes_from"):
+        k[key] = list(k.get(key) or ())
     for key in ("env", "env_file", "cap_add", "cap_drop", "security_opt", "tmpfs", "log_opt", "dns", "dns_search",
-                "dns_option", "add_host", "group_add", "volumes", "ulimits", "sysctls", "publish", "expose"):
+                "dns_option", "add_host", "group_add", "volumes", "ulimits", "sysctls", "publish", "expose",
+                "network_alias", "link"):
         k[key] = list(k.get(key) or ())
     return RunOptions(**k)
 

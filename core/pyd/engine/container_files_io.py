@@ -12,6 +12,7 @@ A stopped container's filesystem is mounted for the duration of the request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import base64
 import json
 import os
@@ -114,14 +115,14 @@ async def path_stat(svc: ContainerService, ref: str, path: str) -> str:
 
 
 def _produce(target: _Target, out: BinaryIO) -> None:
-    writer = archive._TarWriter(out)  # the same writer layers use (PAX, xattrs, hardlinks)
+    writer = archive.TarWriter(out)  # the same writer layers use (PAX, xattrs, hardlinks)
     try:
         top = target.name if target.name != "." else "."
         if stat.S_ISDIR(target.st.st_mode):
             fd = os.open(target.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=target.parent_fd)
             try:
                 writer.add(archive.Entry(top, target.name, target.parent_fd, os.fstat(fd), fd))
-                for e in archive._walk(fd, "" if top == "." else top):
+                for e in archive.walk_fd(fd, "" if top == "." else top):
                     writer.add(e)
             finally:
                 os.close(fd)
@@ -173,7 +174,7 @@ async def put_archive(svc: ContainerService, ref: str, path: str, content: Any, 
         try:
             rfd, wfd = os.pipe2(os.O_CLOEXEC)
             reader = open(rfd, "rb")
-            apply = asyncio.ensure_future(svc.run(archive.apply_layer, f"/proc/self/fd/{fd}", reader, timeout=None))
+            apply = asyncio.ensure_future(svc.run(functools.partial(archive.apply_layer, resolve_symlinks=True), f"/proc/self/fd/{fd}", reader, timeout=None))
             try:
                 with open(wfd, "wb", buffering=0) as w:
                     async for chunk in content.iter_chunked(_CHUNK):

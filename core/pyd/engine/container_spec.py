@@ -10,7 +10,6 @@ from typing import Any, Mapping
 
 from pyd.engine.container_config import (
     command_of,
-    parse_bind,
     parse_security_opts,
     replace_or_append_env,
     tweak_capabilities,
@@ -128,10 +127,7 @@ def build_spec(
         )
     for dest, opts in (hc.get("Tmpfs") or {}).items():
         mounts.append(tmpfs_mount(dest, opts))
-    for b in hc.get("Binds") or []:
-        bind = parse_bind(b)
-        opts = ["rbind", bind.propagation] + (["ro"] if bind.read_only else [])
-        mounts.append(MountSpec(destination=bind.destination, type="bind", source=bind.source, options=opts))
+    # Binds, Mounts and volumes are added by pyd.engine.container_volumes (they need the host)
     if hc.get("Init") and init_binary:
         mounts.append(MountSpec(destination=INIT_PATH, type="bind", source=init_binary, options=["bind", "ro"]))
 

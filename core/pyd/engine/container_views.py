@@ -60,18 +60,10 @@ def network_settings(c: Container) -> dict[str, Any]:
 
 
 def mounts(c: Container) -> list[dict[str, Any]]:
-    from pyd.engine.container_config import parse_bind
+    """Docker's ``Mounts``: the mount points of the container's plan (``--tmpfs`` is not one)."""
+    from pyd.engine.container_volumes import mount_views
 
-    out = []
-    for b in c.host_config.get("Binds") or []:
-        bind = parse_bind(b)
-        out.append({
-            "Type": "bind", "Source": bind.source, "Destination": bind.destination, "Mode": "ro" if bind.read_only else "",
-            "RW": not bind.read_only, "Propagation": bind.propagation,
-        })
-    for dest in c.host_config.get("Tmpfs") or {}:
-        out.append({"Type": "tmpfs", "Source": "", "Destination": dest, "Mode": "", "RW": True, "Propagation": ""})
-    return out
+    return mount_views(c)
 
 
 def inspect(c: Container, *, graph: Mapping[str, Any], size: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -197,7 +189,10 @@ def matches(
             mode = c.host_config.get("NetworkMode") or "default"
             if mode not in values and not (mode == "default" and "bridge" in values):
                 return False
-        if key in ("volume", "publish", "expose", "health") and values:
+        if key == "volume" and not any(v in (m["Destination"], m["Source"], m.get("Name")) for v in values
+                                       for m in mounts(c)):
+            return False  # a volume's name, or a mount's source or destination
+        if key in ("publish", "expose", "health") and values:
             return False  # nothing pyd runs has these yet
         if key == "is-task" and any(v == "true" for v in values):
             return False

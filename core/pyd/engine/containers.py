@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from pyd.drivers.execdriver import CreateContainerRequest, StdioConfig
 from pyd.drivers.log import LogContext, LogReader
+from pyd.engine import container_network as netlink
 from pyd.engine import container_views as views
 from pyd.engine.container_config import (
     normalize_config,
@@ -53,6 +54,7 @@ from pyd.engine.container_runtime import (
 from pyd.engine.container_spec import build_spec
 from pyd.engine.container_state import now_nano
 from pyd.engine.container_user import resolve_user_in_rootfs
+from pyd.engine.container_volumes import ContainerMounts
 from pyd.engine.rootfs_path import mkdir_all_in_root, open_in_root
 from pyd.engine.store import validate_name
 from pyd.errors import (
@@ -122,6 +124,8 @@ class ContainerService(ContainerIO):
         self._purging: set[asyncio.Task[Any]] = set()
         self._mounted_for_purge: set[str] = set()  # exited --rm containers whose rootfs is still mounted
         self.execs = ExecService(self)
+        self.networks: Any = None  # the NetworkService, set by the composition root
+        self.mounts = ContainerMounts()  # volumes, binds, tmpfs; attached to the VolumeService by the composition root
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -286,7 +290,10 @@ class ContainerService(ContainerIO):
             },
         )
         c.log_path = os.path.join(c.dir, f"{cid}-json.log") if result.log_driver == "json-file" else ""
-        await self.run(self._validate_and_make, c, timeout=LONG, what="creating the container's filesystem")
+        netlink.validate(self, c, body)  # networks: NotFound/400 before anything is made
+        async with self.mounts.creating(c, self.get):  # mount plan + volumes; removed again on failure
+            await self.run(self._validate_and_make, c, timeout=LONG, what="creating the container's filesystem")
+        netlink.register(self, c, body)
         self.index.add(cid, c, name)
         self.runtime(cid)
         self._emit(c, "create")
@@ -341,7 +348,7 @@ class ContainerService(ContainerIO):
         c.hosts_path = os.path.join(c.dir, "hosts")
         c.resolv_conf_path = os.path.join(c.dir, "resolv.conf")
 
-    def _write_etc(self, c: Container) -> None:
+    def _write_etc(self, c: Container, attached: Any = None) -> None:
         hc, cfg = c.host_config, c.config
         mode = hc.get("NetworkMode") or "default"
         if mode.startswith("container:"):
@@ -356,7 +363,9 @@ class ContainerService(ContainerIO):
             dns_search=list(hc.get("DnsSearch") or self.config.dns_search),
             dns_options=list(hc.get("DnsOptions") or self.config.dns_opts),
             extra_hosts=hc.get("ExtraHosts"),
+            ip=attached.ip if attached is not None else "",
         )
+        netlink.apply_etc(files.resolv_conf, files.hosts, attached)  # embedded DNS, --link
         c.hostname_path, c.hosts_path, c.resolv_conf_path = files.hostname, files.hosts, files.resolv_conf
 
     # -- start ----------------------------------------------------------------------------------
@@ -382,6 +391,8 @@ class ContainerService(ContainerIO):
         try:
             await self._start_process(c, rt, driver)
         except BaseException as exc:
+            await asyncio.shield(netlink.detach(self, c.id))  # nothing half-made stays
+            await asyncio.shield(self.mounts.release(c))
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             st.restarting = False
             st.running = False
@@ -405,7 +416,9 @@ class ContainerService(ContainerIO):
             if not other.state.running or not other.state.pid:
                 raise Conflict(f"cannot join network of a non running container: {other.id}")
             net_ns = f"/proc/{other.state.pid}/ns/net"
-        rootfs, spec = await self.run(self._prepare_start, c, net_ns, timeout=LONG, what="preparing the container's start")
+        attached = await netlink.attach(self, c)  # sandbox, endpoints, ports, DNS
+        await self.mounts.mount(c)  # volumes (released by _start_locked if the start fails)
+        rootfs, spec = await self.run(self._prepare_start, c, net_ns, attached, timeout=LONG, what="preparing the container's start")
         created = False
         try:
             log_path = os.path.join(c.dir, SHIM_LOG)
@@ -457,14 +470,15 @@ class ContainerService(ContainerIO):
         self._emit(c, "start")
         self._monitor(c, rt)
 
-    def _prepare_start(self, c: Container, net_ns: str | None) -> tuple[str, Any]:
+    def _prepare_start(self, c: Container, net_ns: str | None, attached: Any = None) -> tuple[str, Any]:
         """Mount the rootfs, write the /etc files, build the spec, run the prepare hooks
         (one worker-thread hop); the mount is released again on failure."""
         assert self.layers is not None
         rootfs = self.layers.mount(c.id)
         try:
-            self._write_etc(c)
+            self._write_etc(c, attached)
             spec = self._build_spec(c, rootfs, net_ns)
+            netlink.adjust_spec(spec, attached)
             self._prepare_hook(c, spec)
             os.makedirs(self.bundles / c.id, mode=0o700, exist_ok=True)
         except BaseException:
@@ -513,7 +527,7 @@ class ContainerService(ContainerIO):
         # mount points for the generated files, in the rw layer (`diff` hides them)
         for dest in MOUNT_POINTS_FILES:
             _ensure_file(rootfs, dest)
-        return build_spec(
+        spec = build_spec(
             cid=c.id,
             config=cfg,
             hc=hc,
@@ -524,6 +538,8 @@ class ContainerService(ContainerIO):
             net_ns_path=net_ns,
             init_binary=init_binary,
         )
+        self.mounts.apply(c, rootfs, spec)  # binds, volumes (with copy-up), --mount tmpfs
+        return spec
 
     def _prepare_hook(self, c: Container, spec: Any) -> None:
         hook = self.registry.pm.hook.pyd_container_prepare
@@ -629,10 +645,16 @@ class ContainerService(ContainerIO):
             else:
                 steps.append(self.run(self.layers.unmount, cid, timeout=LONG))  # type: ignore[union-attr]
             rt.rootfs = None
+        net_release = asyncio.ensure_future(netlink.detach(self, cid))  # alongside the steps above
         for what, result in zip(("delete the exited container from the exec driver", "unmount the exited container"),
                                 await asyncio.gather(*steps, return_exceptions=True)):
             if isinstance(result, BaseException):
                 log.error("cannot %s %s: %s", what, cid[:12], result)
+        try:
+            await net_release
+        except Exception:
+            log.exception("cannot release the networking of the exited container %s", cid[:12])
+        await self.mounts.release(c)  # volumes: the driver unmounts when the last user goes
         if self.execs is not None:
             self.execs.container_exited(cid)
         policy = c.host_config.get("RestartPolicy") or {}
@@ -861,6 +883,8 @@ class ContainerService(ContainerIO):
                 c.state.dead = True
                 self._save_quietly(c)
                 raise
+            await netlink.forget(self, c.id)
+            await self.mounts.forget(c, remove_anonymous=volumes)  # rm -v: anonymous volumes only
             self.index.remove(c.id)
             self._rt.pop(c.id, None)
             if self.execs is not None:
@@ -925,6 +949,7 @@ class ContainerService(ContainerIO):
             self.index.reserve(old, c.id)
             c.name = old
             raise
+        netlink.renamed(self, c.id, new_name)
         self._emit(c, "rename", oldName="/" + old)
 
     # -- list / inspect / prune -------------------------------------------------------------------
@@ -962,9 +987,9 @@ class ContainerService(ContainerIO):
                 break
         now = now_nano()
         if not size:
-            return [views.list_entry(c, now_ns=now) for c in out]
+            return [netlink.decorate_list(self, c, views.list_entry(c, now_ns=now)) for c in out]
         sizes = [await self._sizes(c) for c in out]
-        return [views.list_entry(c, s, now_ns=now) for c, s in zip(out, sizes)]
+        return [netlink.decorate_list(self, c, views.list_entry(c, s, now_ns=now)) for c, s in zip(out, sizes)]
 
     async def _sizes(self, c: Container) -> tuple[int, int]:
         assert self.layers is not None
@@ -990,7 +1015,7 @@ class ContainerService(ContainerIO):
             except PydError:
                 pass
         sizes = await self._sizes(c) if size else None
-        return views.inspect(c, graph=graph, size=sizes)
+        return netlink.decorate_inspect(self, c, views.inspect(c, graph=graph, size=sizes))
 
     async def prune(self, filters: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
         filters = dict(filters or {})
@@ -1050,6 +1075,7 @@ class ContainerService(ContainerIO):
                 log.warning("container %s has the name of another container; skipped", c.id[:12])
                 continue
             self.runtime(c.id)
+            self.mounts.register(c)  # its volumes are in use again
             loaded.append(c)
         alive: set[str] = set()
         if self.driver is not None:
@@ -1077,6 +1103,9 @@ class ContainerService(ContainerIO):
                 to_start.append(c)
             elif not c.state.running and c.host_config.get("AutoRemove"):
                 self.loop.create_task(self._auto_remove(c))
+        # networks: release the sandboxes of containers that died while the daemon was down
+        await netlink.reconcile(self, [c.id for c in loaded if c.state.running])
+        await self.mounts.reconcile(loaded)  # volume refs: only containers still running hold them
         for c in to_start:
             try:
                 await self.start(c.id)

@@ -242,7 +242,12 @@ def setup(
     namespaces = s.namespaces
     if not os.path.isdir(root):
         raise SetupError(f"root filesystem {s.rootfs} is not a directory")
-    linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # rprivate by default; rslave when a bind asks for shared/slave propagation (host mounts
+    # then reach it). Never shared: the container's own mounts must not reach the host.
+    root_prop = s.rootfs_propagation or "rprivate"
+    if root_prop not in ("private", "rprivate", "slave", "rslave"):
+        raise SetupError(f'rootfs propagation "{root_prop}" is not supported; use rprivate or rslave')
+    linux.mount(None, "/", None, MS_REC | _PROPAGATION[root_prop])
     # pivot_root needs the new root to be a mount point
     linux.mount(root, root, None, MS_BIND | MS_REC)
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -55,8 +55,6 @@ from .produce import (
 )
 
 # Names of the single-module version, still used by pyd.engine.container_files_io.
-_TarWriter = TarWriter
-_walk = walk_fd
 
 __all__ = [
     "ContentCheck", "Entry", "NaiveWhiteouts", "TarWriter", "TreeReader", "WHITEOUT_META_PREFIX", "WHITEOUT_OPAQUE",
