@@ -8,6 +8,7 @@ import stat
 import subprocess
 import tarfile
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,121 @@ def test_resolve_symlinks_follows_inside_the_root_only(tmp_path: Path) -> None:
         apply_layer(str(root), LayerTar().file("loop1/x", b"x").stream(), resolve_symlinks=True)
     with pytest.raises(InvalidParameter, match="to be a directory"):
         apply_layer(str(root), LayerTar().file("tofile/x", b"x").stream(), resolve_symlinks=True)
+
+
+# -- streams that arrive in pieces, and recording ----------------------------------------------
+
+
+class _Trickle(io.RawIOBase):
+    """A stream whose reads return at most ``step`` bytes (an upload's pieces)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data, self._pos, self._step = data, 0, step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def, override]
+        n = min(len(b), self._step, len(self._data) - self._pos)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+class _Recorder:
+    """A TarRecorder that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | tuple[str, int, int]] = []
+        self.lost: list[str] = []
+
+    def raw(self, data) -> None:  # type: ignore[no-untyped-def]
+        self.parts.append(bytes(data))
+
+    def content(self, path: str, size: int, crc: int) -> None:
+        self.parts.append((path, size, crc))
+
+    def replaced(self, path: str) -> None:
+        self.lost.append(path)
+
+
+class _Claimable(io.RawIOBase):
+    """A stream asking its reader to record it (as the image store's layer input does)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.recorder, self.claimed = inner, _Recorder(), False
+
+    def readable(self) -> bool:
+        return True
+
+    def claim_recording(self):  # type: ignore[no-untyped-def]
+        self.claimed = True
+        return self.inner, self.recorder
+
+
+def _tricky_tars() -> list[bytes]:
+    """PAX and GNU extension headers, long names, xattrs, empty and large files, links."""
+    long = "d/" + "n" * 150 + "/" + "f" * 120
+    pax = (LayerTar().dir("d").dir("d/" + "n" * 150).file(long, b"long name")
+           .file("x", b"with xattr", xattrs={"user.k": b"v"}).file("empty")
+           .file("big", os.urandom(3 << 20 | 123)).hardlink("hl", "big").symlink("sl", "x")
+           .stream().getvalue())
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in (("g" * 200, b"gnu long"), ("short", b"s" * 700)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return [pax + bytes(4096), buf.getvalue()]
+
+
+def _rebuild(rec: _Recorder, root: Path) -> bytes:
+    out = []
+    for part in rec.parts:
+        if isinstance(part, bytes):
+            out.append(part)
+        else:
+            path, size, crc = part
+            data = (root / path).read_bytes()
+            assert len(data) == size and zlib.crc32(data) == crc, path
+            out.append(data)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("step", [100, 511, 513, 1000, 70_000, 1 << 22])
+def test_headers_across_read_boundaries_and_recording(tmp_path: Path, step: int) -> None:
+    """A stream that arrives in pieces parses as a whole one (an extension header may
+    straddle two reads), and a recorded apply reports every byte once, in order: the raw
+    bytes and the files' contents give back the tar exactly."""
+    for i, data in enumerate(_tricky_tars()):
+        plain = tmp_path / f"plain{i}"
+        plain.mkdir()
+        apply_layer(str(plain), io.BytesIO(data))
+        dest = tmp_path / f"rec{i}"
+        dest.mkdir()
+        stream = _Claimable(_Trickle(data, step))
+        apply_layer(str(dest), stream)
+        assert stream.claimed
+        assert snapshot(str(dest)) == snapshot(str(plain))
+        assert _rebuild(stream.recorder, dest) == data
+        assert stream.recorder.lost == []
+
+
+def test_recording_notes_content_a_later_member_replaces(tmp_path: Path) -> None:
+    cases = {
+        "written twice": LayerTar().file("f", b"first").file("f", b"second"),
+        "whited out": LayerTar().dir("d").file("d/f", b"x").whiteout("d/f"),
+        "directory whited out": LayerTar().dir("d").file("d/f", b"x").whiteout("d"),
+        "replaced by a link": LayerTar().file("f", b"x").file("g", b"y").hardlink("f", "g"),
+    }
+    for what, tar in cases.items():
+        dest = tmp_path / what.replace(" ", "-")
+        dest.mkdir()
+        stream = _Claimable(io.BytesIO(tar.stream().getvalue()))
+        apply_layer(str(dest), stream)
+        assert stream.recorder.lost, what
+    dest = tmp_path / "clean"
+    dest.mkdir()
+    stream = _Claimable(io.BytesIO(LayerTar().dir("d").file("d/f", b"x").dir("d").file("g").stream().getvalue()))
+    apply_layer(str(dest), stream)
+    assert stream.recorder.lost == []

@@ -24,75 +24,18 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import click
 
 if TYPE_CHECKING:
-    from pyd.client import Client, TLSConfig
+    from pyd.client import Client
 
 # -- global state and the client -----------------------------------------------------------------
 
-
-class CliState:
-    """What the global options set (``ctx.obj``); builds the one ``Client`` of an invocation."""
-
-    def __init__(self) -> None:
-        self.host: str | None = None
-        self.debug = False
-        self.tls = False
-        self.tlsverify = False
-        self.tlscacert: str | None = None
-        self.tlscert: str | None = None
-        self.tlskey: str | None = None
-        self._client: Client | None = None
-
-    @property
-    def resolved_host(self) -> str:
-        """``-H``, else ``PYD_HOST``, else ``unix:///run/pyd/pyd.sock``."""
-        from pyd.client import DEFAULT_HOST
-
-        return self.host or os.environ.get("PYD_HOST") or DEFAULT_HOST
-
-    def tls_config(self) -> TLSConfig | None:
-        """TLS as docker decides it: ``--tlsverify`` (or ``PYD_TLS_VERIFY``) verifies the
-        daemon; ``--tls`` encrypts without verifying. Files default to ``$PYD_CERT_PATH`` or
-        ``~/.pyd`` (``ca.pem``, ``cert.pem``, ``key.pem``) when they exist there."""
-        verify = self.tlsverify or bool(os.environ.get("PYD_TLS_VERIFY"))
-        if not (self.tls or verify):
-            return None
-        from pyd.client import TLSConfig
-
-        cert_dir = os.environ.get("PYD_CERT_PATH") or os.path.expanduser("~/.pyd")
-
-        def pick(explicit: str | None, name: str) -> str | None:
-            if explicit:
-                return explicit
-            path = os.path.join(cert_dir, name)
-            return path if os.path.exists(path) else None
-
-        return TLSConfig(
-            verify=verify,
-            ca=pick(self.tlscacert, "ca.pem"),
-            cert=pick(self.tlscert, "cert.pem"),
-            key=pick(self.tlskey, "key.pem"),
-        )
-
-    def client(self) -> Client:
-        if self._client is None:
-            from pyd.client import Client
-
-            self._client = Client(
-                self.resolved_host,
-                tls=self.tls_config(),
-                version=os.environ.get("PYD_API_VERSION") or None,
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+# CliState and the output helpers live in the click-free pyd.cli.state (the fast path of
+# ``run``/``exec`` uses them without importing click); re-exported here for the commands.
+from pyd.cli.state import CliState, is_daemon_error, warn, write  # noqa: E402,F401
 
 
 def get_state(ctx: click.Context | None = None) -> CliState:
@@ -106,11 +49,6 @@ def get_state(ctx: click.Context | None = None) -> CliState:
 def get_client(ctx: click.Context | None = None) -> Client:
     """The client for this invocation (from ``-H``/``PYD_HOST`` and the TLS options)."""
     return get_state(ctx).client()
-
-
-def is_daemon_error(exc: BaseException) -> bool:
-    """True for an error the daemon answered with (the client sets ``http_status``)."""
-    return getattr(exc, "http_status", None) is not None
 
 
 # -- options -------------------------------------------------------------------------------------
@@ -136,16 +74,6 @@ no_trunc_option = click.option("--no-trunc", is_flag=True, help="Don't truncate 
 
 
 # -- output --------------------------------------------------------------------------------------
-
-
-def write(text: str) -> None:
-    """Write to stdout and flush (streams are read line by line by scripts)."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-def warn(text: str) -> None:
-    sys.stderr.write(text if text.endswith("\n") else text + "\n")
 
 
 def print_list(
@@ -370,3 +298,65 @@ def print_progress(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
             prefix = f"{msg['id']}: " if msg.get("id") else ""
             write(f"{prefix}{msg['status']}\n")
     return aux
+
+
+# -- inspect and prune of named objects (images, networks, volumes) -------------------------------
+
+
+def inspect_objects(
+    names: Iterable[str], fetch: Callable[[str], Any], kind: str, format_: str | None
+) -> None:
+    """docker's ``<object> inspect``: ``fetch`` each name (``NotFound`` marks it missing), print
+    what was found as one indented JSON array (or each document with ``--format``), then name
+    each missing one on stderr (``Error: No such <kind>: NAME``) and exit 1 if any was."""
+    import json
+
+    from pyd.errors import NotFound
+
+    found: list[Any] = []
+    missing: list[str] = []
+    for name in names:
+        try:
+            found.append(fetch(name))
+        except NotFound:
+            missing.append(name)
+    if format_:
+        for doc in found:
+            print_one(format_, doc)
+    else:
+        write(json.dumps(found, indent=4, ensure_ascii=False) + "\n")
+    for name in missing:
+        warn(f"Error: No such {kind}: {name}")
+    if missing:
+        click.get_current_context().exit(1)
+
+
+def prune_objects(
+    path: str,
+    filters: Iterable[str],
+    *,
+    force: bool,
+    warning: str,
+    deleted_key: str,
+    heading: str,
+    extra_filters: Mapping[str, dict[str, bool]] | None = None,
+    entry_lines: Callable[[Any], Iterable[str]] = lambda entry: [str(entry)],
+    reclaimed: bool = True,
+) -> None:
+    """docker's ``<object> prune``: unless ``force``, print ``warning`` and ask (anything but
+    ``y``/``yes`` on stdin ends it quietly); POST ``path`` with the ``--filter`` values (plus
+    ``extra_filters``, which replace a key); list the report's ``deleted_key`` entries under
+    ``heading`` (``entry_lines`` turns one into its lines), then, if ``reclaimed``, the
+    ``Total reclaimed space`` line (networks have none)."""
+    if not force:
+        write(warning + "\nAre you sure you want to continue? [y/N] ")
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            return
+    parsed = parse_filters(filters) or {}
+    parsed.update(extra_filters or {})
+    report = get_client().post(path, params={"filters": parsed or None})
+    deleted = report.get(deleted_key) or []
+    if deleted:
+        write(f"{heading}:\n" + "".join(f"{line}\n" for entry in deleted for line in entry_lines(entry)) + "\n")
+    if reclaimed:
+        write(f"Total reclaimed space: {human_size(report.get('SpaceReclaimed') or 0, 4)}\n")

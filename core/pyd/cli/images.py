@@ -415,28 +415,10 @@ def history(image: str, human: bool, format_: str | None, no_trunc: bool, quiet:
 @click.command("inspect")
 @click.argument("images", nargs=-1, required=True)
 @click.option("-f", "--format", "format_", metavar="FORMAT", help="Format output using a Go template.")
-@click.pass_context
-def inspect(ctx: click.Context, images: tuple[str, ...], format_: str | None) -> None:
+def inspect(images: tuple[str, ...], format_: str | None) -> None:
     """Display detailed information on one or more images."""
-    from pyd.errors import NotFound
-
     client = common.get_client()
-    found: list[Any] = []
-    missing: list[str] = []
-    for name in images:
-        try:
-            found.append(client.get(f"/images/{_path(name)}/json"))
-        except NotFound:
-            missing.append(name)
-    if format_:
-        for doc in found:
-            common.print_one(format_, doc)
-    else:
-        common.write(json.dumps(found, indent=4, ensure_ascii=False) + "\n")
-    for name in missing:
-        common.warn(f"Error: No such image: {name}")
-    if missing:
-        ctx.exit(1)
+    common.inspect_objects(images, lambda name: client.get(f"/images/{_path(name)}/json"), "image", format_)
 
 
 _PRUNE_WARNING = "WARNING! This will remove all dangling images."
@@ -450,23 +432,13 @@ _PRUNE_ALL_WARNING = "WARNING! This will remove all images without at least one 
               help="Provide filter values (e.g. 'until=<timestamp>', 'label=k=v'); repeatable.")
 def prune(all_: bool, force: bool, filters: tuple[str, ...]) -> None:
     """Remove unused images."""
-    if not force:
-        common.write((_PRUNE_ALL_WARNING if all_ else _PRUNE_WARNING) + "\nAre you sure you want to continue? [y/N] ")
-        answer = sys.stdin.readline().strip().lower()
-        if answer not in ("y", "yes"):
-            return
-    parsed = common.parse_filters(filters) or {}
-    if all_:
-        parsed["dangling"] = {"false": True}
-    report = common.get_client().post("/images/prune", params={"filters": parsed or None})
-    deleted = report.get("ImagesDeleted") or []
-    if deleted:
-        lines = ["Deleted Images:"]
-        for rec in deleted:
-            for key, value in rec.items():
-                lines.append(f"{key.lower()}: {value}")
-        common.write("\n".join(lines) + "\n\n")
-    common.write(f"Total reclaimed space: {_human(report.get('SpaceReclaimed') or 0)}\n")
+    common.prune_objects(
+        "/images/prune", filters, force=force,
+        warning=_PRUNE_ALL_WARNING if all_ else _PRUNE_WARNING,
+        extra_filters={"dangling": {"false": True}} if all_ else None,
+        deleted_key="ImagesDeleted", heading="Deleted Images",
+        entry_lines=lambda rec: [f"{key.lower()}: {value}" for key, value in rec.items()],
+    )
 
 
 # -- system df --------------------------------------------------------------------------------------

@@ -1,19 +1,22 @@
-"""The ``pyd`` command: global options, lazily loaded subcommands, docker-like error output.
+"""The ``pyd`` command: the command table, the entry point, docker-like error output.
 
 Subcommands live in their own modules and are imported only when invoked (or when
 ``--help`` lists them), so ``pyd version`` imports neither aiohttp, pyroute2, the engine nor
-any plugin (the idea of Flask's ``FlaskGroup``).
+any plugin (the idea of Flask's ``FlaskGroup``). The click group itself is in
+``pyd.cli.group``; this module imports no click, so the fast paths of ``pyd.cli.fast``
+(``run``, ``exec``: the commands whose start-up is on a container's critical path) can skip
+click's import altogether.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
-from typing import Any, Mapping, NoReturn, Sequence
 
-import click
+from pyd.cli.state import CliState, is_daemon_error
 
-from pyd.cli.common import CliState, is_daemon_error
+TYPE_CHECKING = False  # typing itself costs an import on every invocation
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, Sequence
 
 # Top-level commands: name -> "module:attr" of a click command (or group).
 #
@@ -23,10 +26,14 @@ from pyd.cli.common import CliState, is_daemon_error
 # Nothing is imported until the command is used. Keep sorted.
 COMMANDS: dict[str, str] = {
     "attach": "pyd.cli.containers:attach",
+    "commit": "pyd.cli.files:commit",
+    "cp": "pyd.cli.files:cp",
     "create": "pyd.cli.run:create",
     "daemon": "pyd.cli.daemon:daemon",
+    "diff": "pyd.cli.files:diff",
     "events": "pyd.cli.system:events",
     "exec": "pyd.cli.logs:exec_",
+    "export": "pyd.cli.files:export",
     "history": "pyd.cli.images:history",
     "images": "pyd.cli.images:images",
     "import": "pyd.cli.images:import_",
@@ -63,8 +70,12 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
         "Manage containers",
         {
             "attach": "pyd.cli.containers:attach",
+            "commit": "pyd.cli.files:commit",
+            "cp": "pyd.cli.files:cp",
             "create": "pyd.cli.run:create",
+            "diff": "pyd.cli.files:diff",
             "exec": "pyd.cli.logs:exec_",
+            "export": "pyd.cli.files:export",
             "inspect": "pyd.cli.ps:inspect",
             "kill": "pyd.cli.containers:kill",
             "logs": "pyd.cli.logs:logs",
@@ -135,119 +146,6 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
 EXIT_USAGE = 125  # docker's exit code when the CLI itself fails (bad flags, unknown command)
 
 
-class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first lookup from ``lazy`` (name ->
-    ``"module:attr"``)."""
-
-    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lazy = dict(lazy or {})
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands and cmd_name in self.lazy:
-            self.add_command(self._load(cmd_name), cmd_name)
-        return super().get_command(ctx, cmd_name)
-
-    def _load(self, name: str) -> click.Command:
-        module_name, _, attr = self.lazy[name].partition(":")
-        module = importlib.import_module(module_name)
-        cmd = getattr(module, attr)
-        if not isinstance(cmd, click.Command):
-            raise TypeError(f"{self.lazy[name]} is not a click command")
-        return cmd
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Like click's, but a command whose module fails to import is listed with the reason
-        # instead of breaking --help for every other command.
-        rows: list[tuple[str, str]] = []
-        names = self.list_commands(ctx)
-        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
-        for name in names:
-            try:
-                cmd = self.get_command(ctx, name)
-            except Exception as exc:  # noqa: BLE001 - shown to the user
-                rows.append((name, f"(cannot load: {type(exc).__name__}: {exc})"))
-                continue
-            if cmd is None or cmd.hidden:
-                continue
-            rows.append((name, cmd.get_short_help_str(limit)))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-def _groups() -> dict[str, click.Command]:
-    return {
-        name: LazyGroup(name=name, help=help_text, lazy=lazy)
-        for name, (help_text, lazy) in GROUPS.items()
-    }
-
-
-def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    from pyd import __version__
-
-    click.echo(f"pyd version {__version__}")
-    ctx.exit(0)
-
-
-@click.group(
-    cls=LazyGroup,
-    lazy=COMMANDS,
-    commands=_groups(),
-    context_settings={"max_content_width": 100},
-)
-@click.option(
-    "-H",
-    "--host",
-    metavar="HOST",
-    help="Daemon socket to connect to: unix:///path or tcp://HOST:PORT "
-    "[env PYD_HOST; default unix:///run/pyd/pyd.sock]",
-)
-@click.option("-D", "--debug", is_flag=True, help="Enable debug mode (tracebacks on errors).")
-@click.option("--tls", is_flag=True, help="Use TLS; implied by --tlsverify.")
-@click.option(
-    "--tlsverify", is_flag=True, help="Use TLS and verify the remote [env PYD_TLS_VERIFY]."
-)
-@click.option(
-    "--tlscacert", metavar="PATH", help="Trust certs signed only by this CA [~/.pyd/ca.pem]."
-)
-@click.option("--tlscert", metavar="PATH", help="Path to TLS certificate file [~/.pyd/cert.pem].")
-@click.option("--tlskey", metavar="PATH", help="Path to TLS key file [~/.pyd/key.pem].")
-@click.option(
-    "-v",
-    "--version",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_print_version,
-    help="Print version information and quit.",
-)
-@click.pass_context
-def cli(
-    ctx: click.Context,
-    host: str | None,
-    debug: bool,
-    tls: bool,
-    tlsverify: bool,
-    tlscacert: str | None,
-    tlscert: str | None,
-    tlskey: str | None,
-) -> None:
-    """A container engine: a daemon with the Docker Engine API, and this client."""
-    state = ctx.ensure_object(CliState)
-    state.host = host
-    state.debug = state.debug or debug
-    state.tls = tls or tlsverify
-    state.tlsverify = tlsverify
-    state.tlscacert, state.tlscert, state.tlskey = tlscacert, tlscert, tlskey
-    ctx.call_on_close(state.close)
-
-
 def _report(exc: BaseException, debug: bool) -> None:
     if debug:
         import traceback
@@ -279,18 +177,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     130 after Ctrl-C.
     """
     state = CliState()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        rv = cli.main(args=argv, prog_name="pyd", standalone_mode=False, obj=state)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        # `pyd` alone (or a group alone) prints help, and docker exits 0 there
-        no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
-        sys.exit(0 if no_args and isinstance(exc, no_args) else EXIT_USAGE)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        from pyd.cli.fast import run_fast
+
+        rv = run_fast(args, state)  # None: not one of its command lines; click parses it
+        if rv is None:
+            rv = _click_main(args, state)
     except BrokenPipeError:
         _silence_stdout()
         sys.exit(141)
@@ -302,6 +195,34 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     finally:
         state.close()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _click_main(args: list[str], state: CliState) -> Any:
+    import click
+
+    from pyd.cli.group import cli
+
+    try:
+        return cli.main(args=args, prog_name="pyd", standalone_mode=False, obj=state)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        # `pyd` alone (or a group alone) prints help, and docker exits 0 there
+        no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
+        sys.exit(0 if no_args and isinstance(exc, no_args) else EXIT_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+def __getattr__(name: str) -> Any:
+    # the click group moved to pyd.cli.group; ``pyd.cli.main.cli`` still finds it
+    if name in ("cli", "LazyGroup"):
+        from pyd.cli import group
+
+        return getattr(group, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _silence_stdout() -> None:

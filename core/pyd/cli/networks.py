@@ -7,8 +7,6 @@ network's driver (``-o``) or IPAM driver.
 from __future__ import annotations
 
 import ipaddress
-import json
-import sys
 import time
 from typing import Any
 
@@ -205,28 +203,12 @@ def ls(filters: tuple[str, ...], format_: str | None, no_trunc: bool, quiet: boo
 @click.option("-f", "--format", "format_", default=None, help="Format output using a custom template.")
 @click.option("-v", "--verbose", is_flag=True, help="Verbose output for diagnostics.")
 @click.argument("networks", nargs=-1, required=True)
-@click.pass_context
-def inspect(ctx: click.Context, format_: str | None, verbose: bool, networks: tuple[str, ...]) -> None:
+def inspect(format_: str | None, verbose: bool, networks: tuple[str, ...]) -> None:
     """Display detailed information on one or more networks."""
-    from pyd.errors import NotFound
-
     client = common.get_client()
-    found: list[Any] = []
-    missing: list[str] = []
-    for name in networks:
-        try:
-            found.append(client.get(f"/networks/{_path(name)}", params={"verbose": "true"} if verbose else None))
-        except NotFound:
-            missing.append(name)
-    if format_:
-        for doc in found:
-            common.print_one(format_, doc)
-    else:
-        common.write(json.dumps(found, indent=4, ensure_ascii=False) + "\n")
-    for name in missing:
-        common.warn(f"Error: No such network: {name}")
-    if missing:
-        ctx.exit(1)
+    params = {"verbose": "true"} if verbose else None
+    common.inspect_objects(networks, lambda name: client.get(f"/networks/{_path(name)}", params=params),
+                           "network", format_)
 
 
 @click.command("rm")
@@ -263,14 +245,9 @@ def rm(ctx: click.Context, force: bool, networks: tuple[str, ...]) -> None:
               help="Provide filter values (e.g. 'until=<timestamp>', 'label=k=v'); repeatable.")
 def prune(force: bool, filters: tuple[str, ...]) -> None:
     """Remove all unused networks."""
-    if not force:
-        common.write(_PRUNE_WARNING + "\nAre you sure you want to continue? [y/N] ")
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            return
-    reply = common.get_client().post("/networks/prune", params={"filters": common.parse_filters(filters)})
-    deleted = reply.get("NetworksDeleted") or []
-    if deleted:
-        common.write("Deleted Networks:\n" + "".join(f"{n}\n" for n in deleted) + "\n")
+    # docker prints no reclaimed space for networks
+    common.prune_objects("/networks/prune", filters, force=force, warning=_PRUNE_WARNING,
+                         deleted_key="NetworksDeleted", heading="Deleted Networks", reclaimed=False)
 
 
 @click.command("connect")

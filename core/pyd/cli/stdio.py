@@ -14,8 +14,11 @@ import os
 import signal
 import struct
 import sys
-import threading
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing itself costs ~5 ms of every CLI invocation
+if TYPE_CHECKING:
+    import threading
+    from typing import Any, Callable
 
 _HEADER = struct.Struct(">BxxxI")
 _READ = 65536
@@ -81,6 +84,7 @@ class RawTerminal:
 
 def pump_stdin(hijacked: Any, *, half_close: bool = True) -> threading.Thread:
     """A daemon thread sending our stdin to the connection; at EOF it half-closes."""
+    import threading  # only commands that send stdin need threads
 
     def run() -> None:
         try:
@@ -131,6 +135,8 @@ def on_winch(resize: Callable[[int, int], None]) -> None:
                 resize(rows, cols)
             except Exception:  # a resize racing the exit is harmless
                 pass
+
+    import threading
 
     if hasattr(signal, "SIGWINCH") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGWINCH, handler)

@@ -6,9 +6,7 @@ and the volume's driver.
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from typing import Any
 
 import click
@@ -120,28 +118,10 @@ def ls(filters: tuple[str, ...], format_: str | None, quiet: bool) -> None:
 @click.command("inspect")
 @click.argument("names", nargs=-1, required=True)
 @click.option("-f", "--format", "format_", metavar="FORMAT", help="Format output using a Go template.")
-@click.pass_context
-def inspect(ctx: click.Context, names: tuple[str, ...], format_: str | None) -> None:
+def inspect(names: tuple[str, ...], format_: str | None) -> None:
     """Display detailed information on one or more volumes."""
-    from pyd.errors import NotFound
-
     client = common.get_client()
-    found: list[Any] = []
-    missing: list[str] = []
-    for name in names:
-        try:
-            found.append(client.get(f"/volumes/{_path(name)}"))
-        except NotFound:
-            missing.append(name)
-    if format_:
-        for doc in found:
-            common.print_one(format_, doc)
-    else:
-        common.write(json.dumps(found, indent=4, ensure_ascii=False) + "\n")
-    for name in missing:
-        common.warn(f"Error: No such volume: {name}")
-    if missing:
-        ctx.exit(1)
+    common.inspect_objects(names, lambda name: client.get(f"/volumes/{_path(name)}"), "volume", format_)
 
 
 @click.command("rm")
@@ -172,12 +152,5 @@ def rm(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
               help="Provide filter values (e.g. 'label=<label>'); repeatable.")
 def prune(force: bool, filters: tuple[str, ...]) -> None:
     """Remove all unused local volumes."""
-    if not force:
-        common.write(_PRUNE_WARNING + "\nAre you sure you want to continue? [y/N] ")
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            return
-    report = common.get_client().post("/volumes/prune", params={"filters": common.parse_filters(filters)})
-    deleted = report.get("VolumesDeleted") or []
-    if deleted:
-        common.write("Deleted Volumes:\n" + "".join(f"{n}\n" for n in deleted) + "\n")
-    common.write(f"Total reclaimed space: {common.human_size(report.get('SpaceReclaimed') or 0, 4)}\n")
+    common.prune_objects("/volumes/prune", filters, force=force, warning=_PRUNE_WARNING,
+                         deleted_key="VolumesDeleted", heading="Deleted Volumes")

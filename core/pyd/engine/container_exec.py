@@ -145,8 +145,9 @@ class ExecService:
             ex.tty = ex.tty or tty
         ex.started = True
         try:
-            req = await svc.run(self._request, c, rt.rootfs, ex, detach)
-            ex.pid = int(await svc.run(driver.exec, c.id, req))
+            # one worker-thread hop for both: each hop costs latency on a busy machine
+            ex.pid = int(await svc.run(lambda: driver.exec(c.id, self._request(c, rt.rootfs, ex, detach)),
+                                       what="starting the exec process"))
         except Exception as exc:
             # like Docker: the exec is done, with 126/127 for a program that cannot run
             message = getattr(exc, "message", None) or str(exc)

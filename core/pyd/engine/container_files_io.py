@@ -69,7 +69,8 @@ class _Target:
     """The parent directory (as an fd) and the name of a path inside the rootfs."""
 
     def __init__(self, rootfs: str, path: str, shown: str, container: str) -> None:
-        norm = posixpath.normpath("/" + path)
+        # lstrip: normpath keeps a leading "//", whose basename "/" would name the host's root
+        norm = posixpath.normpath("/" + path.lstrip("/"))
         self.name = posixpath.basename(norm) or "/"
         parent = posixpath.dirname(norm)
         self.missing = f"Could not find the file {shown} in container {container}"
@@ -166,9 +167,18 @@ async def put_archive(svc: ContainerService, ref: str, path: str, content: Any, 
     try:
         t = await svc.run(_Target, root, path, path, ref)
         try:
-            if not stat.S_ISDIR(t.st.st_mode):
+            if stat.S_ISLNK(t.st.st_mode):
+                # as dockerd: a symlink at the extraction point is followed, inside the rootfs
+                try:
+                    fd = open_in_root(root, path, os.O_PATH | os.O_DIRECTORY)
+                except FileNotFoundError:
+                    raise NotFound(t.missing) from None
+                except NotADirectoryError:
+                    raise InvalidParameter(f"extraction point is not a directory: {path}") from None
+            elif not stat.S_ISDIR(t.st.st_mode):
                 raise InvalidParameter(f"extraction point is not a directory: {path}")
-            fd = os.open(t.name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=t.parent_fd)
+            else:
+                fd = os.open(t.name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=t.parent_fd)
         finally:
             t.close()
         try:

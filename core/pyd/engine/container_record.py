@@ -85,7 +85,17 @@ class Container:
         rename, so either the old or the new record survives a crash, never a torn one; the
         directory is not synced: after a crash the older state may come back, and the restore
         reconciles it with the exec driver anyway."""
-        _write_files(self.dir, [(CONFIG_FILE, _dumps(self.to_file()))], sync_dir=False)
+        self.write_state(self.state_bytes())
+
+    def state_bytes(self) -> bytes:
+        """config.v2.json as ``save_state`` writes it: made where the record is changed (the
+        event loop), while ``write_state`` may then run in a worker thread."""
+        return _dumps(self.to_file())
+
+    def write_state(self, data: bytes) -> None:
+        """The file part of ``save_state`` (its fsync included), for ``data`` from
+        ``state_bytes``; any thread."""
+        _write_files(self.dir, [(CONFIG_FILE, data)], sync_dir=False)
 
     @classmethod
     def load(cls, directory: str) -> "Container":

@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from pyd.engine.container_record import Container
 from pyd.engine.container_state import format_time
+from pyd.engine.network_views import empty_settings
+from pyd.engine.network_views import labels_match as _labels_match  # moby's MatchKVList
 from pyd.errors import InvalidParameter
 
 LIST_FILTERS = frozenset(
@@ -37,26 +39,10 @@ def network_settings(c: Container) -> dict[str, Any]:
             "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
             "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": None,
         }
-    return {
-        "Bridge": "",
-        "SandboxID": "",
-        "HairpinMode": False,
-        "LinkLocalIPv6Address": "",
-        "LinkLocalIPv6PrefixLen": 0,
-        "Ports": {},
-        "SandboxKey": sandbox,
-        "SecondaryIPAddresses": None,
-        "SecondaryIPv6Addresses": None,
-        "EndpointID": "",
-        "Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
-        "IPAddress": "",
-        "IPPrefixLen": 0,
-        "IPv6Gateway": "",
-        "MacAddress": "",
-        "Networks": networks,
-    }
+    doc = empty_settings()
+    doc["SandboxKey"] = sandbox
+    doc["Networks"] = networks
+    return doc
 
 
 def mounts(c: Container) -> list[dict[str, Any]]:
@@ -150,14 +136,6 @@ def _regex_any(values: Iterable[str], text: str) -> bool:
             if v in text:
                 return True
     return False
-
-
-def _labels_match(values: Iterable[str], labels: Mapping[str, str]) -> bool:
-    for v in values:  # every label filter must match (moby's MatchKVList)
-        key, sep, val = v.partition("=")
-        if key not in labels or (sep and labels[key] != val):
-            return False
-    return True
 
 
 def matches(

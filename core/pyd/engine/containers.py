@@ -466,7 +466,8 @@ class ContainerService(ContainerIO):
         c.state.set_running(int(pid), now_nano())
         c.started_before = True
         c.manually_stopped = False
-        c.save_state()
+        # serialized here, written (fsync included) in a worker: the loop goes on serving
+        await self.run(c.write_state, c.state_bytes(), timeout=None)
         self._emit(c, "start")
         self._monitor(c, rt)
 
@@ -777,7 +778,10 @@ class ContainerService(ContainerIO):
         except NotFound:
             pass  # it exited meanwhile; the monitor reports it
         if unpause and c.state.paused:
-            await self.run(driver.resume, c.id)
+            try:
+                await self.run(driver.resume, c.id)
+            except (Conflict, NotFound):
+                pass  # a SIGKILL to a frozen container already thawed it (or it is gone)
             c.state.paused = False
             self._save_quietly(c)
 

@@ -29,6 +29,7 @@ import io
 import logging
 import lzma
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -91,8 +92,9 @@ class RWLayer:
 # -- streams --------------------------------------------------------------------------------
 
 
-class _Prefixed(io.RawIOBase):
-    """``head`` followed by the rest of ``src`` (after sniffing the first bytes)."""
+class _Plain:
+    """The upload after its sniffed head: reads pass straight through (no copies), counted
+    for ``progress``. Short reads happen; an empty read is the end."""
 
     def __init__(self, head: bytes, src: BinaryIO, progress: Progress | None) -> None:
         self._head = head
@@ -104,21 +106,22 @@ class _Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return b"".join(iter(lambda: self.read(_READ_CHUNK), b""))
         if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._src.read(len(b))
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        data = self._src.read(n)
         if not data:
             self._report(force=True)
-            return 0
-        n = len(data)
-        b[:n] = data
-        self._count += n
+            return b""
+        self._count += len(data)
         self._report()
-        return n
+        return data
 
     def _report(self, force: bool = False) -> None:
         if self._progress is None:
@@ -129,25 +132,129 @@ class _Prefixed(io.RawIOBase):
             self._progress(self._count)
 
 
-class _Digesting(io.RawIOBase):
-    """Hashes every byte read through it and feeds the tar-split recorder."""
+class _ReadAhead:
+    """Reads the (decompressed) layer stream on a thread of its own, ``chunk`` bytes at a
+    time, hashing it (sha256) and keeping up to ``depth`` chunks ready.
 
-    def __init__(self, src: BinaryIO, split: tarsplit.TarSplitWriter) -> None:
-        self._src = src
-        self._split = split
+    Receiving, decompressing and hashing release the GIL: on another core they overlap the
+    driver's writing of files instead of adding to it. An error of the source is raised by
+    the next ``read`` here, as it was raised there.
+    """
+
+    def __init__(self, src: BinaryIO, chunk: int = _READ_CHUNK, depth: int = 16) -> None:
         self.sha = hashlib.sha256()
+        self._src = src
+        self._chunk = chunk
+        self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="pyd-layer-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                parts: list[bytes] = []
+                have = 0
+                while have < self._chunk:  # short reads (an upload's pieces) gathered to a chunk
+                    data = self._src.read(self._chunk - have)
+                    if not data:
+                        break
+                    parts.append(data)
+                    have += len(data)
+                if not parts:
+                    break
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                self.sha.update(data)
+                self._put(data)
+            self._put(None)
+        except BaseException as exc:  # handed to the reader
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return b"".join(iter(lambda: self.read(_READ_CHUNK), b""))
+        if not self._buf:
+            if self._eof:
+                return b""
+            item = self._q.get()
+            if item is None:
+                self._eof = True
+                return b""
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            self._buf = item
+        if n >= len(self._buf):
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def hexdigest(self) -> str:
+        """The sha256 of the whole stream (read to its end first)."""
+        if not self._eof or self._buf:
+            raise RuntimeError("layer stream digest asked before its end")
+        self._thread.join()
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        """Stop reading ahead. The thread ends as soon as its current read returns."""
+        self._stop.set()
+        try:
+            while True:
+                self._q.get_nowait()
+        except queue.Empty:
+            pass
+
+
+class _LayerInput(io.RawIOBase):
+    """The layer stream handed to the graph driver.
+
+    ``apply_layer`` claims the recording (``claim_recording``): it reads the stream beneath
+    and reports its bytes to the tar-split recorder in its own parse. A driver that reads this
+    object instead gets the same bytes, recorded by ``TarSplitWriter``'s parse here.
+    """
+
+    def __init__(self, src: _ReadAhead, split: tarsplit.TarSplitWriter) -> None:
+        self._src = src
+        self._split = split
+        self._claimed = False
+        self._started = False
+
+    def readable(self) -> bool:
+        return True
+
+    def claim_recording(self) -> tuple[BinaryIO, tarsplit.TarSplitRecorder] | None:
+        if self._started or self._claimed:
+            return None
+        self._claimed = True
+        return self._src, self._split  # type: ignore[return-value]
+
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._started = True
         data = self._src.read(len(b))
-        if not data:
-            return 0
         n = len(data)
         b[:n] = data
-        self.sha.update(data)
-        self._split.feed(data)
+        if self._claimed:
+            self._split.raw(data)  # what the claimer left unread: raw bytes after the tar
+        else:
+            self._split.feed(data)
         return n
 
 
@@ -170,9 +277,11 @@ def _read_exactly(src: BinaryIO, n: int) -> bytes:
 
 
 def decompressed(src: BinaryIO, progress: Progress | None = None) -> BinaryIO:
-    """``src`` uncompressed: gzip, bzip2 and xz are recognised by their magic bytes."""
+    """``src`` uncompressed: gzip, bzip2 and xz are recognised by their magic bytes.
+
+    Reads may be short (an empty read is the end)."""
     head = _read_exactly(src, 6)
-    raw: BinaryIO = io.BufferedReader(_Prefixed(head, src, progress), _READ_CHUNK)  # type: ignore[arg-type]
+    raw: BinaryIO = _Plain(head, src, progress)  # type: ignore[assignment]
     kind = next((k for magic, k in _COMPRESSED if head.startswith(magic)), None)
     if kind == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
@@ -354,18 +463,25 @@ class LayerStore:
             self.driver.create(CreateRequest(layer_id=cache_id, parent=parent_cache))
             with open(staging / "tar-split", "wb") as split_file:
                 split = tarsplit.TarSplitWriter(split_file)
+                ahead: _ReadAhead | None = None
                 try:
-                    digesting = _Digesting(decompressed(stream, progress), split)
-                    reader = io.BufferedReader(digesting, _READ_CHUNK)  # type: ignore[arg-type]
-                    size = self.driver.apply_diff(cache_id, parent_cache, reader)
+                    ahead = _ReadAhead(decompressed(stream, progress))
+                    reader = _LayerInput(ahead, split)
+                    size = self.driver.apply_diff(cache_id, parent_cache, reader)  # type: ignore[arg-type]
                     while reader.read(_READ_CHUNK):  # the tar's tail (padding) is part of the digest
                         pass
-                except _BAD_INPUT as exc:
-                    raise InvalidParameter(f"invalid layer tar: {exc}") from exc
+                    diff_id = "sha256:" + ahead.hexdigest()
+                except BaseException as exc:
+                    split.abort()
+                    if isinstance(exc, _BAD_INPUT):
+                        raise InvalidParameter(f"invalid layer tar: {exc}") from exc
+                    raise
+                finally:
+                    if ahead is not None:
+                        ahead.close()
                 split.close()
                 split_file.flush()
                 os.fsync(split_file.fileno())
-            diff_id = "sha256:" + digesting.sha.hexdigest()
             if size is None or size < 0:
                 size = self.driver.diff_size(cache_id, parent_cache)
             cid = chain_id(parent, diff_id)

@@ -184,9 +184,10 @@ class NetworkAttachMixin:
         cnet.dns = [d for d in spec.dns or []]
         cnet.links = [str(x) for x in spec.links or []]
 
-    def _save_cnet(self: NetworkService, cnet: ContainerNet) -> None:
+    def _save_cnet(self: NetworkService, cnet: ContainerNet, *, durable: bool = True) -> None:
+        # durable=False: only the run's state changed (sandbox, endpoints); see network_records
         if cnet.id in self.cnets:
-            self._ctr_dir.save(cnet.id, cnet)
+            self._ctr_dir.save(cnet.id, cnet, durable=durable)
 
     def register_container(self: NetworkService, spec: ContainerNetSpec) -> None:
         """At container create: validate the networking (NotFound names a missing network)
@@ -216,7 +217,7 @@ class NetworkAttachMixin:
             if cnet.endpoints or cnet.sandbox:
                 await self._teardown(cnet)  # left over from a run the daemon did not see end
             if cnet.network_mode.startswith("container:"):
-                self._save_cnet(cnet)
+                self._save_cnet(cnet, durable=False)
                 return Attached(netns_path=None)
             for att in cnet.attachments:
                 if att.network_id not in self.networks:
@@ -243,7 +244,7 @@ class NetworkAttachMixin:
                     resolv_conf=self._resolv_conf(spec) if cnet.id in self._dns else None,
                     hosts_entries=self._link_entries(cnet),
                 )
-                self._save_cnet(cnet)
+                self._save_cnet(cnet, durable=False)
             except BaseException:
                 await asyncio.shield(self._teardown(cnet, emit=False))
                 raise
@@ -337,7 +338,8 @@ class NetworkAttachMixin:
         # (an endpoint its container's record does not list yet is an orphan at the next start).
         self.endpoints[ep.id] = ep
         cnet.endpoints[rec.id] = ep.id
-        self._ep_dir.save(ep.id, ep)
+        # durable when it holds an address: the IPAM's allocation is, and must be released once
+        self._ep_dir.save(ep.id, ep, durable=bool(ep.address))
         try:
             async with self._net_lock(rec.id):
                 info = await self._call(
@@ -352,7 +354,7 @@ class NetworkAttachMixin:
                 )
             ep.joined = True
             ep.gateway = res.gateway
-            self._ep_dir.save(ep.id, ep)
+            self._ep_dir.save(ep.id, ep, durable=False)
         except BaseException:
             await asyncio.shield(self._leave(ep, emit=False))
             raise
@@ -399,7 +401,7 @@ class NetworkAttachMixin:
         if cnet is not None and cnet.endpoints.get(ep.network_id) == ep.id:
             del cnet.endpoints[ep.network_id]
             if save:
-                self._save_cnet(cnet)
+                self._save_cnet(cnet, durable=False)
         if emit and rec is not None:
             self._emit(rec, "disconnect", container=ep.container_id)
 
@@ -419,7 +421,7 @@ class NetworkAttachMixin:
             except Exception as exc:
                 log.warning("cannot remove network namespace %s: %s", cnet.sandbox, exc)
         cnet.sandbox = cnet.sandbox_id = ""
-        self._save_cnet(cnet)
+        self._save_cnet(cnet, durable=False)
 
     def _gateway_endpoint(self: NetworkService, cnet: ContainerNet) -> EndpointRecord | None:
         """The endpoint that gave the default route (published ports go there, as Docker's)."""
@@ -448,7 +450,7 @@ class NetworkAttachMixin:
                 drv.program_external_connectivity, rec.id, ep.id, bindings, what=f"publishing ports on network {rec.name}"
             )
         ep.ports = to_records(done)
-        self._ep_dir.save(ep.id, ep)
+        self._ep_dir.save(ep.id, ep, durable=False)
 
     def _first_ip(self: NetworkService, cnet: ContainerNet) -> str:
         for att in cnet.attachments:

@@ -9,8 +9,11 @@ driver's own home, so the service keeps to ``files``, as libnetwork keeps its st
 * ``containers/<id>.json`` one ``ContainerNet`` per container the service knows: the networks
   it is configured for (Docker's ``NetworkSettings.Networks``), kept while it is stopped.
 
-Every write is atomic (temp, fsync, rename); a record that cannot be read is skipped with a
-warning rather than stopping the daemon.
+Every write is atomic (temp, rename) and durable (fsync) when it records configuration; what
+only describes a container's current run (its sandbox, joined endpoints without an address,
+published ports) is not fsynced: a power cut ends that run anyway, and the next start sweeps
+what is left. A record that cannot be read is skipped with a warning rather than stopping
+the daemon.
 """
 
 from __future__ import annotations
@@ -174,8 +177,9 @@ class RecordDir(Generic[R]):
             raise ValueError(f"invalid record id {ident!r}")
         return self.path / f"{ident}.json"
 
-    def save(self, ident: str, record: R) -> None:
-        atomic_write_json(self._file(ident), record.to_json())  # type: ignore[attr-defined]
+    def save(self, ident: str, record: R, *, durable: bool = True) -> None:
+        """``durable=False`` for runtime state only (see ``atomic_write``): no fsync."""
+        atomic_write_json(self._file(ident), record.to_json(), durable=durable)  # type: ignore[attr-defined]
 
     def delete(self, ident: str) -> None:
         try:

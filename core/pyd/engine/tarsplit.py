@@ -7,6 +7,11 @@ graph driver, every byte that is not regular-file content (headers, PAX/GNU reco
 padding, the end-of-archive blocks) and, for each regular file, its path, size and CRC-32.
 Reassembly reads the file contents back from the layer's mounted tree.
 
+``TarSplitRecorder`` is told those bytes by ``pyd.drivers.archive.apply_layer`` in the pass
+that applies the layer (the tar is parsed once, the CRCs are taken on data already in
+memory); ``TarSplitWriter`` parses the raw stream itself, for a driver that reads the
+layer without ``apply_layer``. Both write records of the same format.
+
 Format (zlib-compressed): ``b"PYDTS1\\n"`` then records ``b"S" u32 len bytes`` (raw bytes)
 and ``b"F" u16 len path u64 size u32 crc`` (file content), ending with ``b"E" u64 total``.
 """
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import queue
 import stat
 import struct
+import threading
 import zlib
 from typing import BinaryIO, Iterator
 
@@ -30,10 +37,12 @@ _FLUSH_AT = 1 << 20
 # tar readers treat them); their payload is never skipped.
 _HEADER_ONLY = frozenset(b"123456")
 _REGULAR = frozenset(b"07\0")
+_REGULAR_TYPES = frozenset((b"0", b"7", b"\0"))
 _META = frozenset(b"xgLK")
 
 _H, _FILE, _META_DATA, _INLINE, _PAD, _TRAILER = range(6)
-_H16 = struct.Struct(">H").pack
+_SEG = struct.Struct(">cI").pack
+_FILE_HEAD = struct.Struct(">cH").pack
 _QI = struct.Struct(">QI").pack
 
 
@@ -55,20 +64,118 @@ def _norm(path: bytes) -> bytes:
     return path
 
 
-class TarSplitWriter:
-    """Fed the uncompressed tar stream chunk by chunk; writes the split record to ``out``.
+class TarSplitRecorder:
+    """Writes the split record of a tar whose bytes it is told of, in order: the
+    ``pyd.drivers.archive.TarRecorder`` that ``apply_layer`` feeds while it parses the layer,
+    so the tar is parsed once. Close it after the whole stream was reported.
 
-    Never raises on a malformed tar: it falls back to storing the rest of the stream raw
-    (the graph driver's extractor is what rejects bad input). ``reproducible`` turns False
-    when a file's content cannot be read back unchanged (the same tar writes the path twice
-    or deletes it again); ``save`` then refuses that layer rather than emit wrong bytes.
+    ``reproducible`` turns False when a file's content cannot be read back unchanged (the same
+    tar writes the path twice or deletes it again); ``save`` then refuses that layer rather
+    than emit wrong bytes. ``total`` is the length of the tar. Records are compressed and
+    written by a thread of the recorder's own, off the applying thread (zlib releases the GIL).
     """
 
     def __init__(self, out: BinaryIO) -> None:
-        self._out = out
-        self._z = zlib.compressobj(1)
+        self._out = _Deflater(out)
         self._pending = bytearray(MAGIC)  # records not yet compressed (batched: zlib per call is slow)
-        self._seg = bytearray()
+        self.total = 0
+        self.reproducible = True
+
+    def raw(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if n:
+            pending = self._pending
+            pending += _SEG(b"S", n)
+            pending += data
+            self.total += n
+            if len(pending) >= _FLUSH_AT:
+                self._flush()
+
+    def content(self, path: str, size: int, crc: int) -> None:
+        name = path.encode("utf-8", "surrogateescape")
+        self.total += size
+        if len(name) > 0xFFFF:  # cannot be recorded (nor, in practice, created)
+            self.reproducible = False
+            return
+        pending = self._pending
+        pending += _FILE_HEAD(b"F", len(name))
+        pending += name
+        pending += _QI(size, crc)
+        if len(pending) >= _FLUSH_AT:
+            self._flush()
+
+    def replaced(self, path: str) -> None:
+        self.reproducible = False
+
+    def _flush(self) -> None:
+        self._out.write(bytes(self._pending))
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Finish the record (the stream must have been reported to its end) and wait until
+        it is written."""
+        self._pending += b"E" + struct.pack(">Q", self.total)
+        self._flush()
+        self._out.close()
+
+    def abort(self) -> None:
+        """Stop the writer thread without finishing the record."""
+        self._out.abort()
+
+
+class _Deflater:
+    """Compresses blocks and writes them to ``out`` on a thread, in order."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._aborted = False
+        self._thread = threading.Thread(target=self._run, name="pyd-tarsplit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        z = zlib.compressobj(1)
+        try:
+            while (block := self._q.get()) is not None:
+                if not self._aborted:
+                    self._out.write(z.compress(block))
+            if not self._aborted:
+                self._out.write(z.flush())
+        except BaseException as exc:  # raised by close()
+            self._error = exc
+            while self._q.get() is not None:  # let writers finish
+                pass
+
+    def write(self, block: bytes) -> None:
+        self._q.put(block)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._aborted = True
+            self._q.put(None)
+            self._thread.join()
+
+
+class TarSplitWriter(TarSplitRecorder):
+    """The recorder for a tar that nobody parses for it: fed the raw stream chunk by chunk
+    (``feed``), it parses the tar framing itself. Used when a graph driver reads the layer
+    stream without ``apply_layer``.
+
+    Never raises on a malformed tar: it falls back to storing the rest of the stream raw
+    (the graph driver's extractor is what rejects bad input).
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__(out)
+        self._seg = bytearray()  # raw bytes gathered into one S record per file
+        self._files: set[str] = set()
         self._hdr = bytearray()
         self._state = _H
         self._remaining = 0
@@ -79,32 +186,44 @@ class TarSplitWriter:
         self._pax_size: int | None = None
         self._long_name: bytes | None = None
         self._crc = 0
-        self._path = b""
+        self._path = ""
         self._size = 0
-        self._files: set[bytes] = set()
-        self.total = 0
-        self.reproducible = True
 
-    # -- output -------------------------------------------------------------------------
+    def raw(self, data: bytes | bytearray | memoryview) -> None:
+        self._seg += data
+        if len(self._seg) >= _FLUSH_AT:
+            self._flush_segment()
 
-    def _emit(self, record: bytes) -> None:
-        self._pending += record
-        if len(self._pending) >= _FLUSH_AT:
-            self._out.write(self._z.compress(self._pending))
-            self._pending.clear()
+    def content(self, path: str, size: int, crc: int) -> None:
+        self._flush_segment()
+        super().content(path, size, crc)
 
     def _flush_segment(self) -> None:
         if self._seg:
-            self._pending += b"S" + struct.pack(">I", len(self._seg))
-            self._emit(self._seg)
+            super().raw(self._seg)
             self._seg.clear()
+
+    def entry(self, path: str, type_: bytes) -> None:
+        """Note entries that replace or delete file content written earlier in this tar.
+
+        (An entry below a path this tar wrote as a file fails to apply anyway.)
+        """
+        files = self._files
+        if path in files:
+            self.reproducible = False
+        slash = path.rfind("/")
+        if path.startswith(".wh.", slash + 1):  # a whiteout (rare): what does it delete?
+            target = path[: slash + 1] + path[slash + 5 :]
+            if target in files or any(f.startswith(target + "/") for f in files):
+                self.reproducible = False
+        if type_ in _REGULAR_TYPES:
+            files.add(path)
 
     # -- input --------------------------------------------------------------------------
 
     def feed(self, data: bytes | memoryview) -> None:
         mv = memoryview(data)
         n = len(mv)
-        self.total += n
         i = 0
         while i < n:
             st = self._state
@@ -120,7 +239,7 @@ class TarSplitWriter:
                         continue
                     block = bytes(self._hdr)
                     self._hdr.clear()
-                self._seg += block
+                self.raw(block)
                 try:
                     self._header(block)
                 except (ValueError, IndexError):
@@ -131,19 +250,12 @@ class TarSplitWriter:
                 i += take
                 self._remaining -= take
                 if self._remaining == 0:
-                    self._emit(b"F" + _H16(len(self._path)) + self._path + _QI(self._size, self._crc))
-                    pad = self._pad
-                    if pad and n - i >= pad:  # padding and the next header are usually here
-                        self._seg += mv[i : i + pad]
-                        i += pad
-                        self._pad = 0
-                        self._state = _H
-                    else:
-                        self._state = _PAD if pad else _H
+                    self.content(self._path, self._size, self._crc)
+                    self._state = _PAD if self._pad else _H
             elif st in (_META_DATA, _INLINE):
                 take = min(self._remaining, n - i)
                 part = mv[i : i + take]
-                self._seg += part
+                self.raw(part)
                 if st == _META_DATA:
                     self._meta += part
                 i += take
@@ -158,16 +270,14 @@ class TarSplitWriter:
                     self._state = _PAD if self._pad else _H
             elif st == _PAD:
                 take = min(self._pad, n - i)
-                self._seg += mv[i : i + take]
+                self.raw(mv[i : i + take])
                 i += take
                 self._pad -= take
                 if self._pad == 0:
                     self._state = _H
             else:
-                self._seg += mv[i:]
+                self.raw(mv[i:])
                 i = n
-            if len(self._seg) >= _FLUSH_AT:
-                self._flush_segment()
 
     def _header(self, block: bytes) -> None:
         if block == _ZERO_BLOCK:
@@ -184,14 +294,13 @@ class TarSplitWriter:
             self._remaining = size
             self._state = _META_DATA if size else (_PAD if self._pad else _H)
             return
-        path = _norm(self._pax_path or self._long_name or self._ustar_name(block))
+        path = _norm(self._pax_path or self._long_name or self._ustar_name(block)).decode("utf-8", "surrogateescape")
         self._pax_path = self._pax_size = self._long_name = None
-        self._track(path, typeflag)
+        self.entry(path, bytes((typeflag,)))
         if typeflag in _HEADER_ONLY:
             self._pad = 0
             self._state = _H
         elif typeflag in _REGULAR and size > 0:
-            self._flush_segment()
             self._path, self._size, self._crc, self._remaining = path, size, 0, size
             self._state = _FILE
         elif typeflag == ord("S"):
@@ -208,22 +317,6 @@ class TarSplitWriter:
             if prefix:
                 name = prefix + b"/" + name
         return name
-
-    def _track(self, path: bytes, typeflag: int) -> None:
-        """Note entries that replace or delete file content written earlier in this tar.
-
-        (An entry below a path this tar wrote as a file fails to apply anyway.)
-        """
-        files = self._files
-        if path in files:
-            self.reproducible = False
-        slash = path.rfind(b"/")
-        if path.startswith(b".wh.", slash + 1):  # a whiteout (rare): what does it delete?
-            target = path[: slash + 1] + path[slash + 5 :]
-            if target in files or any(f.startswith(target + b"/") for f in files):
-                self.reproducible = False
-        if typeflag in _REGULAR:
-            files.add(path)
 
     def _parse_meta(self) -> None:
         data = bytes(self._meta)
@@ -249,14 +342,12 @@ class TarSplitWriter:
     def close(self) -> None:
         """Finish the record (the stream must have been fed to its end)."""
         if self._hdr:
-            self._seg += self._hdr
+            self.raw(bytes(self._hdr))
             self._hdr.clear()
         if self._state not in (_H, _TRAILER, _PAD):
             self.reproducible = False  # truncated inside a file
         self._flush_segment()
-        self._emit(b"E" + struct.pack(">Q", self.total))
-        self._out.write(self._z.compress(self._pending) + self._z.flush())
-        self._pending.clear()
+        super().close()
 
 
 class LayerNotReproducible(PydError):

@@ -34,6 +34,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "pyd.server.routes.images",
     "pyd.server.routes.volumes",  # before containers: their restore may mount volumes
     "pyd.server.routes.containers",
+    "pyd.server.routes.commit",
     "pyd.server.routes.exec",
     "pyd.server.routes.networks",
 )

@@ -165,6 +165,11 @@ def parse_filters(raw: str | None) -> dict[str, list[str]]:
     return out
 
 
+def query_filters(request: web.Request) -> dict[str, list[str]]:
+    """The request's ``filters`` query parameter, parsed by ``parse_filters`` (``{}`` when absent)."""
+    return parse_filters(request.query.get("filters"))
+
+
 _TRUE = {"1", "true", "True", "TRUE", "t", "yes"}
 _FALSE = {"0", "false", "False", "FALSE", "f", "no", ""}
 

@@ -275,6 +275,18 @@ class Cgroup:
         for d in self._unique_dirs():
             _write(f"{d}/cgroup.procs", str(pid))
 
+    def self_join_files(self) -> list[str]:
+        """The files a single-threaded process writes "0" to, to move itself into this cgroup.
+
+        On v1 these are the ``tasks`` files: moving the writing thread itself needs no global
+        lock, whereas every write to ``cgroup.procs`` (or of another pid) takes the cgroup
+        threadgroup rwsem, whose first writer waits for an RCU grace period (~10 ms here, on
+        the critical path of every start and exec). A process with one thread moves whole.
+        On v2 (no ``tasks``) it is ``cgroup.procs``, where the writer pays the wait itself.
+        """
+        name = "tasks" if self.layout.version == 1 else "cgroup.procs"
+        return [f"{d}/{name}" for d in self._unique_dirs()]
+
     def procs(self) -> list[int]:
         for d in self._unique_dirs():
             try:

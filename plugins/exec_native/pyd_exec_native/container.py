@@ -3,8 +3,8 @@
 The shim enters the container's new pid namespace itself (``unshare(CLONE_NEWPID)`` only
 changes where its *children* go), so both are forked straight into it:
 
-* init (``run_init``, pid 1) creates the other namespaces, builds the filesystem and pivots
-  into it (``rootfs``) while the shim creates the cgroup and moves it there, sets the
+* init (``run_init``, pid 1) joins the cgroup the shim made (on v2 the shim moves it while it
+  works), creates the other namespaces, builds the filesystem and pivots into it (``rootfs``), sets the
   hostname, closes every fd the container must not see, ``chdir``\ s into the working directory
   (only now, inside the new root), drops privileges, loads the seccomp filter, says "ready"
   and waits for the shim's "go" (``start``) before it looks up the program and execs it;
@@ -83,6 +83,14 @@ def _report(ctl: socket.socket, exc: BaseException) -> int:
     except OSError:
         pass
     return int(msg.get("code", 1))
+
+
+def _write_file(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _wait_go(ctl: socket.socket) -> None:
@@ -250,16 +258,21 @@ def _expect(ctl: socket.socket, word: bytes) -> None:
         os._exit(1)  # the shim went away or aborted the create
 
 
-def run_init(cfg: dict[str, Any], spec: ProcessSpec, ctl: socket.socket, stdio: list[int] | None) -> NoReturn:
+def run_init(
+    cfg: dict[str, Any], spec: ProcessSpec, ctl: socket.socket, stdio: list[int] | None, join_files: list[str]
+) -> NoReturn:
     """The container's init, forked by the shim into the container's pid namespace (pid 1);
     never returns. ``stdio`` is (stdin, stdout, stderr), or None for a tty.
 
-    The shim creates the cgroup and moves this process into it while this process builds the
-    filesystem (a cgroup v1 migration waits for an RCU grace period, ~10 ms); "joined" on
+    With ``join_files`` (cgroup v1: the cgroup's ``tasks`` files) init moves itself into the
+    cgroup first thing, which takes no global lock. Without (v2), the shim moves it while it
+    builds the filesystem (the migration waits for an RCU grace period, ~10 ms); "joined" on
     the control socket says it is done, and is awaited before the cgroup namespace is made.
     """
     code = 1
     try:
+        for path in join_files:
+            _write_file(path, "0")  # "0": the writer itself, whatever pid namespace it sees
         reset_signals()
         prctl.set_dumpable(False)  # inherited from the shim already; never rely on it
         os.setsid()
@@ -280,7 +293,8 @@ def run_init(cfg: dict[str, Any], spec: ProcessSpec, ctl: socket.socket, stdio: 
             resource.setrlimit(rlimits.number(name), (soft, hard))
 
         def joined() -> None:
-            _expect(ctl, b"joined")
+            if not join_files:
+                _expect(ctl, b"joined")
             if "cgroup" in new:  # its root is the cgroup we are in now: the container's
                 linux.unshare(linux.CLONE_FLAGS["cgroup"])
 
@@ -348,9 +362,8 @@ def run_exec(
         reset_signals()
         prctl.set_dumpable(False)
         namespaces = _container_namespaces(init_pid)
-        for procs in cgroup_procs:
-            with open(procs, "w") as f:
-                f.write("0")
+        for path in cgroup_procs:
+            _write_file(path, "0")
         for name, fd in namespaces:
             linux.setns(fd, linux.CLONE_FLAGS[name])
             os.close(fd)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -98,6 +99,22 @@ def _alive(pid: int, start: str) -> bool:
     return bool(now) and state not in ("Z", "X") and (not start or now == start)
 
 
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Sleep until ``pid`` exits or ``timeout`` passes (a pidfd wakes us at the exit itself;
+    the caller re-checks with ``_alive``, so a reused pid only ends the wait early)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # no pidfd (old kernel, seccomp): poll
+        time.sleep(min(timeout, 0.002))
+        return
+    try:
+        select.select([fd], [], [], max(timeout, 0.0))
+    finally:
+        os.close(fd)
+
+
 def _to_state(d: Mapping[str, Any]) -> ContainerState:
     return ContainerState(
         status=d.get("status", "stopped"),
@@ -122,11 +139,20 @@ class NativeExecDriver:
         self._fs: subprocess.Popen[bytes] | None = None
         self._fs_sock: socket.socket | None = None
         self._layout: cgroups.Layout | None = None
+        self._caps: tuple[set[int], list[int]] | None = None
         if self.options.shim_start == "forkserver":
             with self._lock:  # its imports take a few hundred ms: let them overlap daemon start-up
                 self._start_forkserver()
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _held_capabilities(self) -> tuple[set[int], list[int]]:
+        """What the daemon holds (bounding and permitted sets), read once: it never changes."""
+        if self._caps is None:
+            held = capabilities.held("CapBnd") & capabilities.held("CapPrm")
+            last = capabilities.last_cap()
+            self._caps = (held, sorted(c for c in held if c <= last))
+        return self._caps
 
     def _cgroup_layout(self) -> cgroups.Layout:
         if self._layout is None:
@@ -233,8 +259,7 @@ class NativeExecDriver:
                 raise InvalidParameter(f"container {cid}: set a memory limit when setting memory-swap")
             if c.memory_swap < c.memory:
                 raise InvalidParameter(f"container {cid}: memory-swap must be at least the memory limit")
-        held = capabilities.held("CapBnd") & capabilities.held("CapPrm")
-        held_caps = sorted(c for c in held if c <= capabilities.last_cap())
+        held, held_caps = self._held_capabilities()
         if spec.privileged:
             caps = held_caps
         else:
@@ -409,7 +434,7 @@ class NativeExecDriver:
                 except ProcessLookupError:
                     pass
                 deadline, killed = time.monotonic() + 5, True
-            time.sleep(0.002)
+            _wait_exit(pid, min(0.1, deadline - time.monotonic()))
         try:
             self._cgroup(b).destroy()
         except (OSError, KeyError, ValueError) as exc:

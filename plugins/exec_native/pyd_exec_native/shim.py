@@ -5,9 +5,10 @@ One shim per container, started by the driver (forked from the driver's fork ser
 the daemon: killing the daemon (even with SIGKILL) leaves it and its container running. It is a
 single-threaded ``selectors`` loop (so forking exec helpers from it is safe) that
 
-* enters the container's new pid namespace (only its children land there), forks the
-  container's init (``container.run_init``) and, while init builds its filesystem, creates the
-  cgroup and moves init into it; then holds init in "created" until ``start``; init and exec
+* enters the container's new pid namespace (only its children land there), creates the
+  cgroup and forks the container's init (``container.run_init``), which moves itself into it
+  (cgroup v1; on v2 the shim moves init while init builds its filesystem); then holds init
+  in "created" until ``start``; init and exec
   processes are its own children (it is non-dumpable, and so are they until they exec), and
   it alone reaps them and records their exit status (128+N for signal N) and, for init,
   whether the memory cgroup OOM-killed anything;
@@ -287,15 +288,6 @@ class Shim:
         signal.set_wakeup_fd(wr, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self._set(rd, read=self._on_wake)
-        try:
-            os.unlink(bundle.SOCKET)
-        except FileNotFoundError:
-            pass
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        self.listener.bind(bundle.SOCKET)
-        os.chmod(bundle.SOCKET, 0o600)
-        self.listener.listen(64)
-        self._set(self.listener.fileno(), read=self._on_accept)
         # Children go to the container's pid namespace from now on (init is its pid 1).
         pidns = self.spec.namespaces.get("pid", "host")
         if pidns is None:
@@ -306,20 +298,38 @@ class Shim:
                 linux.setns(fd, linux.CLONE_FLAGS["pid"])
             finally:
                 os.close(fd)
-        self._spawn_init()
-        # While init builds its filesystem: make the cgroup and move init into it.
-        self.cgroup.create(self.spec.cgroup, self.cfg["device_rules"])
-        self.cgroup.join(self.init.pid)
+        join_files = self.cgroup.self_join_files() if self.cgroup.layout.version == 1 else []
+        if join_files:
+            # cgroup v1: init moves itself (a write to "tasks" without the global lock), so
+            # the cgroup is made first and nothing waits for a migration.
+            self.cgroup.create(self.spec.cgroup, self.cfg["device_rules"])
+            self._spawn_init(join_files)
+        else:
+            # v2: while init builds its filesystem, make the cgroup and move init into it
+            # (the migration waits for an RCU grace period); "joined" tells init it is done.
+            self._spawn_init([])
+            self.cgroup.create(self.spec.cgroup, self.cfg["device_rules"])
+            self.cgroup.join(self.init.pid)
+            try:
+                assert self.init.ctl is not None
+                self.init.ctl.send(b"joined")
+            except OSError:
+                pass  # init already gave up; its error is waiting on the control socket
+        # The driver connects once it has the create's report, which comes after this.
         try:
-            assert self.init.ctl is not None
-            self.init.ctl.send(b"joined")
-        except OSError:
-            pass  # init already gave up; its error is waiting on the control socket
+            os.unlink(bundle.SOCKET)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.listener.bind(bundle.SOCKET)
+        os.chmod(bundle.SOCKET, 0o600)
+        self.listener.listen(64)
+        self._set(self.listener.fileno(), read=self._on_accept)
 
     # -- init -----------------------------------------------------------------------------------
 
     def _procs_files(self) -> list[str]:
-        return [os.path.join(d, "cgroup.procs") for d in sorted(set(self.cgroup.dirs.values()))]
+        return self.cgroup.self_join_files()
 
     def _stdio_pair(self, proc: Proc, discard: bool) -> list[int] | None:
         """Make the pipes of a non-tty process; return the child's ends (stdin, stdout, stderr)."""
@@ -380,10 +390,12 @@ class Shim:
         for fd in proc.outs:
             self._set(fd, read=lambda fd=fd: self._on_output(proc, fd))
 
-    def _spawn_init(self) -> None:
+    def _spawn_init(self, join_files: list[str]) -> None:
         from pyd_exec_native import container
 
-        self._fork_helper(self.init, lambda ctl, stdio: container.run_init(self.cfg, self.spec, ctl, stdio))
+        self._fork_helper(
+            self.init, lambda ctl, stdio: container.run_init(self.cfg, self.spec, ctl, stdio, join_files)
+        )
 
     def _fail_create(self, message: str, kind: str) -> NoReturn:
         """Creation failed: undo everything, tell the driver, exit."""
@@ -484,19 +496,21 @@ class Shim:
             # close-on-exec closed the channel: the program runs
             proc.status = "running"
             proc.started = time.time_ns()
-            self._write_state()
             self._reply_all(proc.start_waiters, {"ok": True, "pid": proc.pid})
+            self._write_state()
 
     def _on_ready(self, proc: Proc) -> None:
-        self._write_state()
+        # Answers first, state.json right after, in this same turn: no request is read before
         if proc is self.init:
             if self.cfg.get("log_path"):
                 self.log = LogFile(self.cfg["log_path"])
             self._send_report({"ok": True, "pid": proc.pid})
+            self._write_state()
             if self.shutdown_requested:
                 self._kill(proc, signal.SIGKILL)
             return
         self._reply_all(proc.ready_waiters, {"ok": True, "pid": proc.pid})
+        self._write_state()
         if proc.detach:
             self._go(proc)
 
@@ -573,9 +587,9 @@ class Shim:
         for c in list(proc.clients):
             self._finish_client(c)
         if proc is self.init:
-            self._cleanup()
-            state = self._state()
-            self._reply_all(self.exit_waiters, {"ok": True, **state})
+            self._close_log()  # every line is in the log before anyone hears of the exit
+            self._reply_all(self.exit_waiters, {"ok": True, **self._state()})
+            self._cleanup()  # the cgroup's rmdirs (~1 ms) after the answer
 
     def _cleanup(self) -> None:
         if self.cleaned:
@@ -585,6 +599,9 @@ class Shim:
             self.cgroup.destroy()
         except OSError as exc:
             print(f"shim: {exc}", file=sys.stderr)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self.log is not None:
             self.log.close()
             self.log = None
@@ -808,9 +825,11 @@ class Shim:
             c.closing = True
             c.mode = "closing"
         self._set(c.fd, write=lambda: self._on_client_writable(c))
+        if close:  # a last answer goes out now, before the rest of this turn's work
+            self._on_client_writable(c)
 
     def _reply_all(self, clients: list[Client], msg: dict[str, Any]) -> None:
-        for c in clients:
+        for c in list(clients):  # a client closed on the way leaves the list
             if not c.closed:
                 self._reply(c, msg)
         clients.clear()

@@ -19,8 +19,13 @@ Applying a layer is a security boundary. ``apply_layer``:
   (setuid/setgid only when the tar has them), xattrs and times;
 * never writes ``trusted.overlay.*`` xattrs taken from a tar: they are overlayfs's own metadata.
 
-Modules: ``apply`` (the boundary), ``tarread`` (stream and header parsing), ``paths`` (no-follow
-resolution), ``produce`` (tars from trees and change lists), ``differ`` (the naive differ).
+Modules: ``apply`` (the boundary), ``tarread`` (stream and header parsing, the ``TarRecorder``
+tap), ``paths`` (no-follow resolution), ``produce`` (tars from trees and change lists),
+``differ`` (the naive differ).
+
+A stream that carries a ``claim_recording()`` method (``recording_of``) is reported byte by
+byte to a ``TarRecorder`` while ``apply_layer`` parses it: the image store records the tar's
+framing for a byte-exact ``save`` in the same pass, whatever driver applies the layer.
 
 Whiteouts are delegated to a ``WhiteoutHandler`` so each driver keeps its own on-disk format:
 ``NaiveWhiteouts`` (full-tree drivers such as vfs) deletes for real; overlay records 0:0 char
@@ -53,12 +58,13 @@ from .produce import (
     tree_size,
     walk_fd,
 )
+from .tarread import TarRecorder, recording_of
 
 # Names of the single-module version, still used by pyd.engine.container_files_io.
 
 __all__ = [
-    "ContentCheck", "Entry", "NaiveWhiteouts", "TarWriter", "TreeReader", "WHITEOUT_META_PREFIX", "WHITEOUT_OPAQUE",
-    "WHITEOUT_PREFIX", "WhiteoutFormat", "WhiteoutHandler", "apply_layer", "changes_size", "changes_tar",
-    "clear_dir", "diff_dirs", "iter_tree", "layer_tar", "read_xattrs", "remove_entry", "split_member",
-    "tar_stream", "tree_size", "walk_fd",
+    "ContentCheck", "Entry", "NaiveWhiteouts", "TarRecorder", "TarWriter", "TreeReader", "WHITEOUT_META_PREFIX",
+    "WHITEOUT_OPAQUE", "WHITEOUT_PREFIX", "WhiteoutFormat", "WhiteoutHandler", "apply_layer", "changes_size",
+    "changes_tar", "clear_dir", "diff_dirs", "iter_tree", "layer_tar", "read_xattrs", "recording_of", "remove_entry",
+    "split_member", "tar_stream", "tree_size", "walk_fd",
 ]

@@ -17,7 +17,8 @@ from .paths import (
     DirCache, clear_dir, open_existing_dir, remove_entry, split_member,
 )
 from .tarread import (
-    FILE_TYPES, T_BLK, T_CHR, T_DIR, T_FIFO, T_LNK, T_SYM, Member, Source, TarContext, read_members, write_all,
+    FILE_TYPES, T_BLK, T_CHR, T_DIR, T_FIFO, T_LNK, T_SYM, Member, Source, TarContext, TarRecorder, read_members,
+    recording_of, write_all,
 )
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,21 @@ MAX_SYMLINK_HOPS = 40  # as the kernel's limit on nested symlinks
 
 
 class _Applier:
-    def __init__(self, root: str, handler: WhiteoutHandler, allow_devices: bool, resolve: bool = False) -> None:
+    def __init__(self, root: str, handler: WhiteoutHandler, allow_devices: bool, resolve: bool = False,
+                 recorder: TarRecorder | None = None) -> None:
+        self.rec = recorder
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.dirs = DirCache(self.root_fd)
         self.handler, self.allow_devices, self.resolve = handler, allow_devices, resolve
         self.written: set[str] = set()  # paths this layer wrote, and their ancestors
         self.whited: set[str] = set()  # paths this layer whited out (and not rewritten since)
         self.dir_times: list[tuple[str, int, int]] = []
+        self._last_dir: list[str] | None = None  # the last directory looked up, while valid
+        self._last_key = ""
+        self._prefix: str | None = None
+        self._last_fd = -1
+        self._last_gen = -1
+        self._ns: dict[float, tuple[int, int]] = {}  # mtime -> (atime, mtime) in ns
         self.size = 0
         self.member = ""
         # Permission bits that survive the umask when a file is created with its final mode;
@@ -125,17 +134,21 @@ class _Applier:
         return rel in self.written
 
     def _wrote(self, rel: str) -> None:
-        self.whited.discard(rel)
-        self.written.add(rel)
+        if self.whited:
+            self.whited.discard(rel)
+        written = self.written
+        written.add(rel)
         while (i := rel.rfind("/")) > 0:
             rel = rel[:i]
-            if rel in self.written:
+            if rel in written:
                 break
-            self.written.add(rel)
+            written.add(rel)
 
     def _removed(self, rel: str) -> None:
         self.dirs.forget(rel)
         if rel in self.written:
+            if self.rec is not None:
+                self.rec.replaced(rel)
             prefix = rel + "/"
             self.written = {p for p in self.written if not p.startswith(prefix)}
             self.written.discard(rel)
@@ -169,7 +182,20 @@ class _Applier:
         return fd
 
     def _dirfd(self, parts: list[str]) -> int:
-        return self.dirs.walk(parts, self._child_dir)
+        # Members come sorted: most are in the directory of the one before. (Still marked
+        # as used: the cache evicts the least recently used, and callers hold two fds.)
+        dirs = self.dirs
+        if parts == self._last_dir and dirs.generation == self._last_gen:
+            if parts:
+                dirs.fds.move_to_end(self._last_key)
+            return self._last_fd
+        fd = dirs.walk(parts, self._child_dir)
+        key = "/".join(parts)
+        self._last_dir, self._last_key, self._last_fd, self._last_gen = parts, key, fd, dirs.generation
+        # What a member name in this directory starts with, if it is in normal form (no
+        # "./", "//"); resolving members (pyd cp) take the long way.
+        self._prefix = None if self.resolve else (key + "/" if key else "")
+        return fd
 
     def _resolve(self, parts: list[str]) -> list[str]:
         """The real path of the directory ``parts`` inside the root, following symlinks the way
@@ -209,6 +235,14 @@ class _Applier:
 
     def apply(self, src: Source, m: Member, pad: int = 0) -> None:
         name = self.member = m.name
+        if m.type in FILE_TYPES and self.dirs.generation == self._last_gen:
+            # The usual member: a file next to the one before. Its directory was checked and
+            # opened then; only the base name needs a look.
+            head, sep, base = name.rpartition("/")
+            if head + sep == self._prefix and base and base != "." and base != ".." and base[:4] != ".wh.":
+                self._file(src, m, self._last_fd, base, name, pad)
+                self._wrote(name)
+                return
         parts = name.split("/")
         if name[:1] == "/" or "" in parts or "." in parts or ".." in parts:
             parts = split_member(name)  # refuses or normalises
@@ -272,14 +306,21 @@ class _Applier:
                 while chunk := data.read(BUF):
                     write_all(fd, memoryview(chunk))
             elif m.size:
-                src.copy_to(fd, m.size, m.name, pad)
+                src.copy_to(fd, m.size, m.name, pad, rel)
             if m.uid or m.gid or not self.root or pfd not in self.dirs.plain:
                 os.fchown(fd, m.uid, m.gid)  # else it is already 0:0 (root, parent not setgid)
             if mode != mode & self.kept_bits:  # the umask took bits, or setuid/setgid/sticky: set exactly
                 os.fchmod(fd, mode)
             if m.pax_headers:
                 _setxattrs(fd, m)
-            os.utime(fd, ns=_times(m))
+                times = _times(m)
+            else:
+                times = self._ns.get(m.mtime)
+                if times is None:
+                    if len(self._ns) > 4096:
+                        self._ns.clear()
+                    times = self._ns[m.mtime] = _times(m)
+            os.utime(fd, ns=times)
         finally:
             os.close(fd)
         self.size += m.size
@@ -422,9 +463,17 @@ def apply_layer(
     is a symlink is then followed as inside a chroot (confined to ``root``) instead of refused
     (made by this tar) or replaced by a directory (left by a lower layer). The member itself is
     still replaced, never written through, and hardlink targets never go through symlinks.
+
+    A ``stream`` that asks to be recorded (see ``recording_of``: the image store's layer
+    input does, to reproduce the tar on ``save``) is reported byte by byte to its recorder
+    in this same pass; nothing is parsed twice.
     """
-    src = Source(stream)
-    ap = _Applier(root, whiteouts or NaiveWhiteouts(), allow_devices, resolve_symlinks)
+    recorder = None
+    claimed = recording_of(stream)
+    if claimed is not None:
+        stream, recorder = claimed
+    src = Source(stream, recorder)
+    ap = _Applier(root, whiteouts or NaiveWhiteouts(), allow_devices, resolve_symlinks, recorder)
     try:
         for m, pad in read_members(src):
             ap.apply(src, m, pad)

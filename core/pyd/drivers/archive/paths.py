@@ -81,6 +81,7 @@ class DirCache:
     def __init__(self, root_fd: int) -> None:
         self.root_fd = root_fd
         self.fds: OrderedDict[str, int] = OrderedDict()
+        self.generation = 0  # bumped whenever a cached fd is closed (callers' memos expire)
         # Cached directory fds without the setgid bit (new files there get the creator's gid).
         self.plain: set[int] = set()
         self.note(root_fd)
@@ -92,6 +93,7 @@ class DirCache:
             self.plain.add(fd)
 
     def _close(self, fd: int) -> None:
+        self.generation += 1
         self.plain.discard(fd)
         os.close(fd)
 

@@ -14,25 +14,63 @@ import os
 import stat
 import struct
 import tarfile
-from typing import BinaryIO, Iterator
+import zlib
+from operator import itemgetter as _item
+from typing import Any, BinaryIO, Iterator, Protocol
 
 from pyd.errors import InvalidParameter
 
 from .paths import BUF
 
 
+class TarRecorder(Protocol):
+    """Told every byte of a layer stream, in stream order, as ``apply_layer`` consumes it.
+
+    What lets an image store give back the layer's tar byte for byte without keeping a copy
+    (moby's tar-split): ``raw`` gets the bytes that are not regular-file content (headers,
+    extension records, padding, the end-of-archive blocks and whatever follows them), in
+    batches, and ``data`` is valid only during the call; ``content`` stands for the next
+    ``size`` bytes, a regular file's data, written to the layer at ``path`` (normalised) and
+    with CRC-32 ``crc``. ``replaced`` says that what this layer wrote at ``path`` (with all
+    below it) was removed by a later member: content recorded there cannot be read back.
+    Called in the thread that applies the layer; must not block for long.
+    """
+
+    def raw(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def content(self, path: str, size: int, crc: int) -> None: ...
+
+    def replaced(self, path: str) -> None: ...
+
+
+def recording_of(stream: BinaryIO) -> tuple[BinaryIO, TarRecorder] | None:
+    """``(raw stream, recorder)`` if ``stream`` asks its reader to record it (it has a
+    ``claim_recording()`` method that returns them), else None. After a successful claim the
+    raw stream is read instead, and the recording is done in the same pass as the parse."""
+    claim = getattr(stream, "claim_recording", None)
+    return claim() if callable(claim) else None
+
+
 class Source:
     """Forward-only reader over the layer stream for tarfile: a large buffer, and file data
-    copied with copy_file_range when the stream is a regular file (no pass through Python)."""
+    copied with copy_file_range when the stream is a regular file (no pass through Python).
 
-    def __init__(self, stream: BinaryIO) -> None:
+    With a ``recorder``, every byte is reported to it exactly once, in order (skipped bytes
+    are read, never seeked over, and file data passes through here to get its CRC)."""
+
+    def __init__(self, stream: BinaryIO, recorder: TarRecorder | None = None) -> None:
         self._stream, self._fd, self._raw = stream, -1, 0
+        # Recording: bytes up to _rec_pos are reported or in _seg, raw bytes not yet handed
+        # over (one call per file instead of one per header and padding).
+        self._rec, self._rec_pos, self._seg = recorder, 0, bytearray()
         try:
-            if stream.seekable() and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            if recorder is None and stream.seekable() and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
                 self._fd, self._raw = stream.fileno(), stream.tell()
         except (AttributeError, OSError, ValueError):
             pass
         self._buf, self._i = b"", 0
+        if recorder is not None:
+            self.copy_to = self._copy_recorded  # type: ignore[method-assign]
 
     def tell(self) -> int:
         return self._raw - (len(self._buf) - self._i)
@@ -52,6 +90,8 @@ class Source:
         if n <= avail:
             out = self._buf[self._i : self._i + n]
             self._i += n
+            if self._rec is not None:
+                self._record(out)
             return out
         parts = [self._buf[self._i :]] if avail else []
         need = n - avail
@@ -66,7 +106,32 @@ class Source:
             else:
                 parts.append(chunk)
                 need -= len(chunk)
-        return b"".join(parts)
+        out = b"".join(parts)
+        if self._rec is not None:
+            self._record(out)
+        return out
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data``, the bytes just read, back in front of the stream."""
+        self._buf = data + self._buf[self._i :]
+        self._i = 0
+
+    def _record(self, out: bytes) -> None:
+        """Record what ``read`` just returned as raw bytes, less what was recorded before
+        (tarfile's parser re-reads a header after the fast parser gave up on it)."""
+        end = self._raw - (len(self._buf) - self._i)
+        if end > self._rec_pos:
+            start = end - len(out)
+            self._seg += out if start >= self._rec_pos else memoryview(out)[self._rec_pos - start :]
+            self._rec_pos = end
+            if len(self._seg) >= BUF:
+                self.flush_record()
+
+    def flush_record(self) -> None:
+        """Hand the raw bytes gathered so far to the recorder."""
+        if self._seg:
+            self._rec.raw(self._seg)  # type: ignore[union-attr]
+            self._seg.clear()
 
     def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
         if whence != os.SEEK_SET:
@@ -78,6 +143,13 @@ class Source:
             self._i -= cur - pos
             return pos
         skip, avail = pos - cur, len(self._buf) - self._i
+        if self._rec is not None:  # every skipped byte is reported
+            while skip > 0:
+                got = len(self.read(min(skip, BUF)))
+                if not got:
+                    break
+                skip -= got
+            return self.tell()
         if skip <= avail:
             self._i += skip
             return pos
@@ -92,8 +164,10 @@ class Source:
             skip -= len(chunk)
         return self.tell()
 
-    def copy_to(self, fd: int, n: int, member: str, skip: int = 0) -> None:
-        """Write the next ``n`` bytes to ``fd``, then skip ``skip`` bytes (tar padding)."""
+    def copy_to(self, fd: int, n: int, member: str, skip: int = 0, path: str = "") -> None:
+        """Write the next ``n`` bytes to ``fd``, then skip ``skip`` bytes (tar padding).
+        ``path`` is where the data lands in the layer, for the recorder. (A recording
+        source has ``_copy_recorded`` in its place.)"""
         avail = len(self._buf) - self._i
         if avail >= n + skip:  # the common case: a small file inside the buffer
             if n:
@@ -128,8 +202,52 @@ class Source:
         if skip:
             self.seek(self.tell() + skip)
 
+    def _copy_recorded(self, fd: int, n: int, member: str, skip: int, path: str) -> None:
+        rec = self._rec
+        assert rec is not None
+        if self._seg:
+            rec.raw(self._seg)
+            self._seg.clear()
+        crc, size = 0, n
+        i, buf = self._i, self._buf
+        if len(buf) - i >= n + skip:  # the common case: a small file and its padding at hand
+            if n:
+                data = memoryview(buf)[i : i + n]
+                crc = zlib.crc32(data)
+                done = os.write(fd, data)
+                if done != n:  # a short write (rare): the rest
+                    write_all(fd, data[done:])
+            rec.content(path or member, n, crc)
+            self._rec_pos += n + skip
+            if skip:
+                self._seg += memoryview(buf)[i + n : i + n + skip]
+            self._i = i + n + skip
+            return
+        while n > 0:
+            avail = len(self._buf) - self._i
+            if not avail:
+                chunk = self._fill(BUF if n < BUF else min(n, 8 * BUF))
+                if not chunk:
+                    raise InvalidParameter(f'layer tar stream ends inside member "{member}"')
+                self._buf, self._i, avail = chunk, 0, len(chunk)
+            take = min(avail, n)
+            data = memoryview(self._buf)[self._i : self._i + take]
+            crc = zlib.crc32(data, crc)
+            write_all(fd, data)
+            self._i += take
+            n -= take
+        rec.content(path or member, size, crc)
+        self._rec_pos += size
+        if skip:
+            self.read(skip)
+
     def drain(self) -> None:
         """Consume the rest of the stream (trailing padding), so a hashing reader sees it all."""
+        if self._rec is not None:
+            while self.read(BUF):
+                pass
+            self.flush_record()
+            return
         self._buf, self._i = b"", 0
         if self._fd >= 0:
             self._stream.seek(0, os.SEEK_END)
@@ -148,29 +266,42 @@ T_REG, T_AREG, T_CONT = b"0", b"\0", b"7"
 FILE_TYPES = (T_REG, T_AREG, T_CONT)
 T_DIR, T_SYM, T_LNK, T_CHR, T_BLK, T_FIFO = b"5", b"2", b"1", b"3", b"4", b"6"
 FAST_TYPES = frozenset((*FILE_TYPES, T_DIR, T_SYM, T_LNK, T_CHR, T_BLK, T_FIFO))
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+# name, mode+uid+gid (memoised together), size, mtime, chksum, type, linkname, magic, (version,
+# uname, gname: skipped), devmajor, devminor, prefix
+_HEADER = struct.Struct("100s24s12s12s8sc100s6s66x8s8s155s12x")
 _ZERO_BLOCK = bytes(512)
+_adler32 = zlib.adler32
 _NO_PAX: dict[str, str] = {}  # shared, never written to
 
 
-class Member:
-    """What the applier needs of a tar header (lighter than ``tarfile.TarInfo``)."""
+class Member(tuple):  # type: ignore[type-arg]
+    """What the applier needs of a tar header (lighter than ``tarfile.TarInfo``).
 
-    __slots__ = ("name", "type", "mode", "uid", "gid", "size", "mtime", "linkname", "devmajor",
-                 "devminor", "pax_headers", "tarinfo")
+    A tuple with named fields, made by ``_member(Member, (...))`` without a Python-level
+    constructor: one per member of a 20k-file layer adds up."""
 
-    def __init__(self, name: str, type_: bytes, mode: int, uid: int, gid: int, size: int, mtime: float,
-                 linkname: str, devmajor: int, devminor: int, pax_headers: dict[str, str],
-                 tarinfo: tarfile.TarInfo | None = None) -> None:
-        self.name, self.type, self.mode, self.uid, self.gid = name, type_, mode, uid, gid
-        self.size, self.mtime, self.linkname = size, mtime, linkname
-        self.devmajor, self.devminor, self.pax_headers, self.tarinfo = devmajor, devminor, pax_headers, tarinfo
+    __slots__ = ()
+    name: str = property(_item(0))  # type: ignore[assignment]
+    type: bytes = property(_item(1))  # type: ignore[assignment]
+    mode: int = property(_item(2))  # type: ignore[assignment]
+    uid: int = property(_item(3))  # type: ignore[assignment]
+    gid: int = property(_item(4))  # type: ignore[assignment]
+    size: int = property(_item(5))  # type: ignore[assignment]
+    mtime: float = property(_item(6))  # type: ignore[assignment]
+    linkname: str = property(_item(7))  # type: ignore[assignment]
+    devmajor: int = property(_item(8))  # type: ignore[assignment]
+    devminor: int = property(_item(9))  # type: ignore[assignment]
+    pax_headers: dict[str, str] = property(_item(10))  # type: ignore[assignment]
+    tarinfo: tarfile.TarInfo | None = property(_item(11))  # type: ignore[assignment]
 
     @classmethod
     def of(cls, ti: tarfile.TarInfo) -> Member:
         t = T_REG if ti.type == tarfile.GNUTYPE_SPARSE else ti.type
-        return cls(ti.name, t, ti.mode, ti.uid, ti.gid, ti.size, ti.mtime, ti.linkname, ti.devmajor,
-                   ti.devminor, ti.pax_headers, ti if ti.sparse is not None else None)
+        return _member(cls, (ti.name, t, ti.mode, ti.uid, ti.gid, ti.size, ti.mtime, ti.linkname, ti.devmajor,
+                             ti.devminor, ti.pax_headers, ti if ti.sparse is not None else None))
+
+
+_member = tuple.__new__
 
 
 def _octal(field: bytes) -> int:
@@ -183,41 +314,38 @@ def _text(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def _fast_header(block: bytes, seen: dict[bytes, int]) -> Member | None:
+def _fast_header(block: bytes, seen: dict[bytes, Any]) -> Member | None:
     """Parse a plain ustar/GNU/v7 header; None for anything tarfile must handle (PAX and GNU
     extension headers, base-256 numbers, unknown types, a checksum it should judge). ``seen``
     memoises numeric fields, which repeat from member to member (modes, owners, times)."""
-    (name, mode, uid, gid, size, mtime, chksum, type_, linkname, magic, _version, _uname, _gname,
-     devmajor, devminor, prefix) = _HEADER.unpack(block)
+    name, owner, size, mtime, chksum, type_, linkname, magic, devmajor, devminor, prefix = _HEADER.unpack(block)
     if type_ not in FAST_TYPES or (block[124] | block[108] | block[116] | block[136]) & 0x80:
         return None
     try:
-        if _octal(chksum) != sum(block) - sum(chksum) + 256:
+        # The header's byte sum with the checksum field as spaces; adler32's low half is
+        # 1 + the byte sum mod 65521, exact for 256 bytes (sum() of 512 bytes costs 4x more).
+        if int(chksum.replace(b"\0", b"") or b"0", 8) != (
+            (_adler32(block[:256]) & 0xFFFF) + (_adler32(block[256:]) & 0xFFFF) + 254 - sum(chksum)
+        ):
             return None
-        if len(seen) > 4096:
-            seen.clear()
-        mode_i = seen.get(mode)
-        if mode_i is None:
-            mode_i = seen[mode] = _octal(mode)
-        uid_i = seen.get(uid)
-        if uid_i is None:
-            uid_i = seen[uid] = _octal(uid)
-        gid_i = seen.get(gid)
-        if gid_i is None:
-            gid_i = seen[gid] = _octal(gid)
+        ids = seen.get(owner)
+        if ids is None:
+            if len(seen) > 4096:
+                seen.clear()
+            ids = seen[owner] = (_octal(owner[:8]), _octal(owner[8:16]), _octal(owner[16:]))
         mtime_i = seen.get(mtime)
         if mtime_i is None:
             mtime_i = seen[mtime] = _octal(mtime)
-        text = _text(name)
-        if magic == b"ustar\0" and prefix[0]:
+        text = name.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if prefix[0] and magic == b"ustar\0":
             text = _text(prefix) + "/" + text
-        if type_ == T_AREG and text.endswith("/"):
-            type_ = T_DIR
-        if type_ == T_DIR:
-            text = text.rstrip("/")
-        dev = (_octal(devmajor), _octal(devminor)) if type_ in (T_CHR, T_BLK) else (0, 0)
-        return Member(text, type_, mode_i, uid_i, gid_i, _octal(size), mtime_i,
-                       _text(linkname) if linkname[0] else "", dev[0], dev[1], _NO_PAX)
+        if type_ == T_DIR or (type_ == T_AREG and text.endswith("/")):
+            type_, text = T_DIR, text.rstrip("/")
+        elif type_ in (T_CHR, T_BLK):
+            return _member(Member, (text, type_, ids[0], ids[1], ids[2], _octal(size), mtime_i, "",
+                                    _octal(devmajor), _octal(devminor), _NO_PAX, None))
+        return _member(Member, (text, type_, ids[0], ids[1], ids[2], int(size.replace(b"\0", b"") or b"0", 8),
+                                mtime_i, _text(linkname) if linkname[0] else "", 0, 0, _NO_PAX, None))
     except ValueError:
         return None
 
@@ -235,9 +363,18 @@ def read_members(src: Source) -> Iterator[tuple[Member, int]]:
     """The members of the tar stream with the padding after their data; ``src`` is at the
     member's data when it is yielded, and must be left there or at the end of data+padding."""
     ctx = TarContext(src)
-    seen: dict[bytes, int] = {}
+    seen: dict[bytes, Any] = {}
+    recording = src._rec is not None
     while True:
-        block = src.read(512)
+        buf, i = src._buf, src._i
+        if len(buf) - i >= 512 and (not recording or src._rec_pos == src._raw - len(buf) + i):
+            block = buf[i : i + 512]  # the usual case: the header is at hand (and new)
+            src._i = i + 512
+            if recording:
+                src._seg += block
+                src._rec_pos += 512
+        else:
+            block = src.read(512)
         if len(block) < 512:
             if block:
                 raise InvalidParameter("layer tar stream ends inside a header")
@@ -253,7 +390,7 @@ def read_members(src: Source) -> Iterator[tuple[Member, int]]:
                 pad, end = 0, src.tell()
         else:
             start = src.tell() - 512
-            src.seek(start)
+            src.unread(block)  # (a seek back could fall before the buffer's start)
             try:
                 ti = tarfile.TarInfo.fromtarfile(ctx)  # type: ignore[arg-type]
             except tarfile.EOFHeaderError:

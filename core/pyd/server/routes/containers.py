@@ -141,8 +141,11 @@ async def wait(request: web.Request) -> web.StreamResponse:
         return resp
     result = fut.result()
     error = {"Message": result.error} if result.error else None
-    await write_json(resp, {"Error": error, "StatusCode": result.status_code})
-    await resp.write_eof()
+    try:
+        await write_json(resp, {"Error": error, "StatusCode": result.status_code})
+        await resp.write_eof()
+    except ConnectionResetError:  # the client left in the meantime (``run -d`` drops its wait)
+        pass
     return resp
 
 

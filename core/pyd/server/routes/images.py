@@ -3,9 +3,10 @@ load and save, in the Docker Engine API's shapes.
 
 Handlers translate HTTP to ``engine.images`` (an ``ImageService``) calls, which block and run
 in worker threads. Upload bodies (import, load) are handed to the service as a file-like
-object that pulls chunks from the event loop; streamed replies (save, progress) are fed from
-the worker thread with backpressure. An error before the first byte of a reply is an
-ordinary HTTP error; after it, a progress stream ends with Docker's ``errorDetail`` line.
+object that a task on the event loop fills ahead of the worker (``BodyReader``); streamed
+replies (save, progress) are fed from the worker thread with backpressure. An error before
+the first byte of a reply is an ordinary HTTP error; after it, a progress stream ends with
+Docker's ``errorDetail`` line.
 
 Routes take the image name as ``{name:.+}`` with the action as a fixed suffix, so a name with
 slashes and colons (``127.0.0.1:5000/a/b:v1``) matches from the right.
@@ -14,6 +15,7 @@ slashes and colons (``127.0.0.1:5000/a/b:v1``) matches from the right.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import io
 import threading
@@ -56,31 +58,117 @@ async def _call(fn: Callable[..., Any], *args: Any, timeout: float = SHORT, **kw
 
 
 class BodyReader(io.RawIOBase):
-    """The request body as a blocking file object for a worker thread."""
+    """The request body as a blocking file object for a worker thread.
 
-    def __init__(self, request: web.Request, loop: asyncio.AbstractEventLoop) -> None:
+    A task on the event loop (``start``) reads the body as it arrives into a buffer of up to
+    ``limit`` bytes, so the client keeps sending while the worker writes files, and a read
+    takes everything buffered at once: data crosses threads without a hop per piece. Only
+    a full buffer makes the task wait, until the worker has taken some. ``close`` (from any
+    thread) stops the task; a read after it, or after the body failed, raises.
+    """
+
+    def __init__(self, request: web.Request, loop: asyncio.AbstractEventLoop, limit: int = 16 << 20) -> None:
         self._content = request.content
         self._loop = loop
-        self._buf = b""
-        self._pos = 0
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
         self._eof = False
+        self._error: BaseException | None = None
+        self._space = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start receiving (call on the event loop)."""
+        self._task = self._loop.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                data = await self._content.readany()
+                with self._cond:
+                    if self._eof:  # closed
+                        return
+                    if data:
+                        self._chunks.append(data)
+                        self._size += len(data)
+                    else:
+                        self._eof = True
+                    self._cond.notify_all()
+                if not data:
+                    return
+                while True:
+                    with self._cond:
+                        if self._size < self._limit or self._eof:
+                            break
+                        self._space.clear()
+                    await self._space.wait()
+        except BaseException as exc:  # the client went away, a bad chunk, cancellation
+            with self._cond:
+                if not self._eof:
+                    self._error = exc if isinstance(exc, Exception) else ConnectionResetError("upload cancelled")
+                    self._eof = True
+                self._cond.notify_all()
+            if not isinstance(exc, Exception):
+                raise
 
     def readable(self) -> bool:
         return True
 
+    def read(self, n: int | None = -1) -> bytes:
+        with self._cond:
+            while not self._chunks and not self._eof:
+                self._cond.wait()
+            if not self._chunks:
+                if self._error is not None:
+                    raise self._error
+                return b""
+            was_full = self._size >= self._limit
+            if n is None or n < 0:
+                out = b"".join(self._chunks)
+                self._chunks.clear()
+            else:
+                first = self._chunks[0]
+                if len(first) >= n:  # one piece (a part of it)
+                    out = first[:n] if len(first) > n else self._chunks.popleft()
+                    if len(first) > n:
+                        self._chunks[0] = first[n:]
+                else:  # as many whole pieces as fit
+                    parts, have = [], 0
+                    while self._chunks and have + len(self._chunks[0]) <= n:
+                        piece = self._chunks.popleft()
+                        parts.append(piece)
+                        have += len(piece)
+                    out = b"".join(parts)
+            self._size -= len(out)
+            if was_full and self._size < self._limit:
+                self._loop.call_soon_threadsafe(self._space.set)
+            return out
+
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._pos >= len(self._buf):
-            if self._eof:
-                return 0
-            data = asyncio.run_coroutine_threadsafe(self._content.readany(), self._loop).result()
-            if not data:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        """Stop receiving; what is buffered is dropped (from any thread)."""
+        if self.closed:
+            return
+        with self._cond:
+            if not self._eof:
                 self._eof = True
-                return 0
-            self._buf, self._pos = data, 0
-        n = min(len(b), len(self._buf) - self._pos)
-        b[:n] = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return n
+                self._error = ConnectionResetError("upload reader closed")
+            self._chunks.clear()
+            self._size = 0
+            self._cond.notify_all()
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                self._loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop is closed: so is the task
+                pass
+        super().close()
 
 
 async def _iterate_in_thread(make: Callable[[], Iterator[bytes]], depth: int = 8) -> AsyncIterator[bytes]:
@@ -249,20 +337,23 @@ async def create_image(request: web.Request) -> web.StreamResponse:
         raise InvalidParameter("POST /images/create needs fromImage (pull) or fromSrc (import)")
     if src != "-":
         raise NotSupported(f"cannot import from {src}: only fromSrc=- (the request body) is supported")
-    loop = asyncio.get_running_loop()
-    body = BodyReader(request, loop)
+    body = BodyReader(request, asyncio.get_running_loop())
 
     def job(emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        img = svc.import_rootfs(
-            body,
-            query.get("repo", ""),
-            tag=query.get("tag", ""),
-            changes=query.getall("changes", []),
-            message=query.get("message", ""),
-            src=src,
-        )
+        try:
+            img = svc.import_rootfs(
+                body,
+                query.get("repo", ""),
+                tag=query.get("tag", ""),
+                changes=query.getall("changes", []),
+                message=query.get("message", ""),
+                src=src,
+            )
+        finally:
+            body.close()
         return {"status": img.id}
 
+    body.start()
     return await _progress_job(request, job)
 
 
@@ -272,8 +363,12 @@ async def load_images(request: web.Request) -> web.StreamResponse:
     body = BodyReader(request, asyncio.get_running_loop())
 
     def job(emit: Callable[[dict[str, Any]], None]) -> None:
-        svc.load(body, quiet=quiet, emit=emit)
+        try:
+            svc.load(body, quiet=quiet, emit=emit)
+        finally:
+            body.close()
 
+    body.start()
     return await _progress_job(request, job)
 
 

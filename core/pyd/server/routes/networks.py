@@ -13,7 +13,7 @@ from aiohttp import web
 
 from pyd.errors import InvalidParameter, NotFound
 from pyd.server.app import ENGINE
-from pyd.server.http import json_response, parse_filters, query_bool, read_json
+from pyd.server.http import json_response, query_bool, query_filters, read_json
 
 
 def _svc(request: web.Request) -> Any:
@@ -28,7 +28,7 @@ def _id(request: web.Request) -> str:
 
 
 async def list_networks(request: web.Request) -> web.Response:
-    return json_response(await _svc(request).list(parse_filters(request.query.get("filters"))))
+    return json_response(await _svc(request).list(query_filters(request)))
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -71,7 +71,7 @@ async def disconnect(request: web.Request) -> web.Response:
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(await _svc(request).prune(parse_filters(request.query.get("filters"))))
+    return json_response(await _svc(request).prune(query_filters(request)))
 
 
 async def _start(app: web.Application) -> None:

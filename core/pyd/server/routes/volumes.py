@@ -11,7 +11,7 @@ from aiohttp import web
 from pyd.engine.volumes import VolumeService
 from pyd.errors import InvalidParameter, Unavailable
 from pyd.server.app import ENGINE
-from pyd.server.http import json_response, parse_filters, query_bool, read_json
+from pyd.server.http import json_response, query_bool, query_filters, read_json
 
 
 def _volumes(request: web.Request) -> VolumeService:
@@ -22,7 +22,7 @@ def _volumes(request: web.Request) -> VolumeService:
 
 
 async def list_volumes(request: web.Request) -> web.Response:
-    volumes, warnings = await _volumes(request).list(parse_filters(request.query.get("filters")))
+    volumes, warnings = await _volumes(request).list(query_filters(request))
     return json_response({"Volumes": volumes, "Warnings": warnings or None})
 
 
@@ -49,7 +49,7 @@ async def remove_volume(request: web.Request) -> web.Response:
 
 
 async def prune_volumes(request: web.Request) -> web.Response:
-    return json_response(await _volumes(request).prune(parse_filters(request.query.get("filters"))))
+    return json_response(await _volumes(request).prune(query_filters(request)))
 
 
 async def _start(app: web.Application) -> None:
