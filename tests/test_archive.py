@@ -322,7 +322,9 @@ class _Recorder:
     def raw(self, data) -> None:  # type: ignore[no-untyped-def]
         self.parts.append(bytes(data))
 
-    def content(self, path: str, size: int, crc: int) -> None:
+    def content(self, path: str, size: int, crc: int, before: bytes = b"") -> None:
+        if before:
+            self.parts.append(bytes(before))
         self.parts.append((path, size, crc))
 
     def replaced(self, path: str) -> None:
@@ -409,3 +411,22 @@ def test_recording_notes_content_a_later_member_replaces(tmp_path: Path) -> None
     stream = _Claimable(io.BytesIO(LayerTar().dir("d").file("d/f", b"x").dir("d").file("g").stream().getvalue()))
     apply_layer(str(dest), stream)
     assert stream.recorder.lost == []
+
+
+def test_negative_size_is_refused_not_looped_on(tmp_path: Path) -> None:
+    """int() and tarfile take a sign in a numeric field: a member with size -512 would make
+    the reader step back onto its own header forever."""
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT):
+        ti = tarfile.TarInfo("a" * (120 if fmt == tarfile.PAX_FORMAT else 1))
+        ti.size = 5
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+            tf.addfile(ti, io.BytesIO(b"hello"))
+        blob = bytearray(buf.getvalue())
+        at = blob.rfind(b"00000000005\0", 0, len(blob) - 1024)  # the member's size field
+        blob[at : at + 12] = b"-0000001000\0"
+        head = at - 124
+        blob[head + 148 : head + 156] = b"        "
+        blob[head + 148 : head + 156] = b"%06o\0 " % sum(blob[head : head + 512])
+        with pytest.raises(InvalidParameter, match="negative size"):
+            apply_layer(str(tmp_path), io.BytesIO(bytes(blob)))

@@ -91,13 +91,17 @@ class TarSplitRecorder:
             if len(pending) >= _FLUSH_AT:
                 self._flush()
 
-    def content(self, path: str, size: int, crc: int) -> None:
+    def content(self, path: str, size: int, crc: int, before: bytes | bytearray = b"") -> None:
+        pending = self._pending
+        if before:
+            pending += _SEG(b"S", len(before))
+            pending += before
+            self.total += len(before)
         name = path.encode("utf-8", "surrogateescape")
         self.total += size
         if len(name) > 0xFFFF:  # cannot be recorded (nor, in practice, created)
             self.reproducible = False
             return
-        pending = self._pending
         pending += _FILE_HEAD(b"F", len(name))
         pending += name
         pending += _QI(size, crc)
@@ -108,8 +112,8 @@ class TarSplitRecorder:
         self.reproducible = False
 
     def _flush(self) -> None:
-        self._out.write(bytes(self._pending))
-        self._pending.clear()
+        self._out.write(self._pending)  # handed over, not copied: a new buffer takes its place
+        self._pending = bytearray()
 
     def close(self) -> None:
         """Finish the record (the stream must have been reported to its end) and wait until
@@ -128,7 +132,7 @@ class _Deflater:
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[bytes | bytearray | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._aborted = False
         self._thread = threading.Thread(target=self._run, name="pyd-tarsplit", daemon=True)
@@ -147,7 +151,7 @@ class _Deflater:
             while self._q.get() is not None:  # let writers finish
                 pass
 
-    def write(self, block: bytes) -> None:
+    def write(self, block: bytes | bytearray) -> None:
         self._q.put(block)
 
     def close(self) -> None:
@@ -194,7 +198,9 @@ class TarSplitWriter(TarSplitRecorder):
         if len(self._seg) >= _FLUSH_AT:
             self._flush_segment()
 
-    def content(self, path: str, size: int, crc: int) -> None:
+    def content(self, path: str, size: int, crc: int, before: bytes | bytearray = b"") -> None:
+        if before:
+            self._seg += before
         self._flush_segment()
         super().content(path, size, crc)
 

@@ -16,7 +16,7 @@ import struct
 import tarfile
 import zlib
 from operator import itemgetter as _item
-from typing import Any, BinaryIO, Iterator, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from pyd.errors import InvalidParameter
 
@@ -29,16 +29,17 @@ class TarRecorder(Protocol):
     What lets an image store give back the layer's tar byte for byte without keeping a copy
     (moby's tar-split): ``raw`` gets the bytes that are not regular-file content (headers,
     extension records, padding, the end-of-archive blocks and whatever follows them), in
-    batches, and ``data`` is valid only during the call; ``content`` stands for the next
-    ``size`` bytes, a regular file's data, written to the layer at ``path`` (normalised) and
-    with CRC-32 ``crc``. ``replaced`` says that what this layer wrote at ``path`` (with all
-    below it) was removed by a later member: content recorded there cannot be read back.
-    Called in the thread that applies the layer; must not block for long.
+    batches; ``content`` stands for the next ``size`` bytes, a regular file's data, written
+    to the layer at ``path`` (normalised) and with CRC-32 ``crc``, and takes the raw bytes
+    just before it as ``before`` (one call per file). Byte arguments are valid only during
+    the call. ``replaced`` says that what this layer wrote at ``path`` (with all below it)
+    was removed by a later member: content recorded there cannot be read back. Called in
+    the thread that applies the layer; must not block for long.
     """
 
     def raw(self, data: bytes | bytearray | memoryview) -> None: ...
 
-    def content(self, path: str, size: int, crc: int) -> None: ...
+    def content(self, path: str, size: int, crc: int, before: bytes | bytearray = b"") -> None: ...
 
     def replaced(self, path: str) -> None: ...
 
@@ -203,26 +204,25 @@ class Source:
             self.seek(self.tell() + skip)
 
     def _copy_recorded(self, fd: int, n: int, member: str, skip: int, path: str) -> None:
-        rec = self._rec
+        rec, seg = self._rec, self._seg
         assert rec is not None
-        if self._seg:
-            rec.raw(self._seg)
-            self._seg.clear()
-        crc, size = 0, n
         i, buf = self._i, self._buf
         if len(buf) - i >= n + skip:  # the common case: a small file and its padding at hand
-            if n:
-                data = memoryview(buf)[i : i + n]
-                crc = zlib.crc32(data)
-                done = os.write(fd, data)
-                if done != n:  # a short write (rare): the rest
-                    write_all(fd, data[done:])
-            rec.content(path or member, n, crc)
+            data = memoryview(buf)[i : i + n]
+            done = os.write(fd, data)
+            if done != n:  # a short write (rare): the rest
+                write_all(fd, data[done:])
+            rec.content(path or member, n, zlib.crc32(data), seg)
+            seg.clear()
             self._rec_pos += n + skip
             if skip:
-                self._seg += memoryview(buf)[i + n : i + n + skip]
+                seg += memoryview(buf)[i + n : i + n + skip]
             self._i = i + n + skip
             return
+        if seg:
+            rec.raw(seg)
+            seg.clear()
+        crc, size = 0, n
         while n > 0:
             avail = len(self._buf) - self._i
             if not avail:
@@ -269,7 +269,7 @@ FAST_TYPES = frozenset((*FILE_TYPES, T_DIR, T_SYM, T_LNK, T_CHR, T_BLK, T_FIFO))
 # name, mode+uid+gid (memoised together), size, mtime, chksum, type, linkname, magic, (version,
 # uname, gname: skipped), devmajor, devminor, prefix
 _HEADER = struct.Struct("100s24s12s12s8sc100s6s66x8s8s155s12x")
-_ZERO_BLOCK = bytes(512)
+ZERO_BLOCK = bytes(512)
 _adler32 = zlib.adler32
 _NO_PAX: dict[str, str] = {}  # shared, never written to
 
@@ -314,12 +314,12 @@ def _text(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def _fast_header(block: bytes, seen: dict[bytes, Any]) -> Member | None:
+def fast_header(block: bytes, seen: dict[bytes, Any]) -> Member | None:
     """Parse a plain ustar/GNU/v7 header; None for anything tarfile must handle (PAX and GNU
     extension headers, base-256 numbers, unknown types, a checksum it should judge). ``seen``
     memoises numeric fields, which repeat from member to member (modes, owners, times)."""
     name, owner, size, mtime, chksum, type_, linkname, magic, devmajor, devminor, prefix = _HEADER.unpack(block)
-    if type_ not in FAST_TYPES or (block[124] | block[108] | block[116] | block[136]) & 0x80:
+    if type_ not in FAST_TYPES:  # (base-256 numbers fail int() below: tarfile's)
         return None
     try:
         # The header's byte sum with the checksum field as spaces; adler32's low half is
@@ -359,46 +359,32 @@ class TarContext:
         self.offset = 0
 
 
-def read_members(src: Source) -> Iterator[tuple[Member, int]]:
-    """The members of the tar stream with the padding after their data; ``src`` is at the
-    member's data when it is yielded, and must be left there or at the end of data+padding."""
-    ctx = TarContext(src)
-    seen: dict[bytes, Any] = {}
-    recording = src._rec is not None
-    while True:
-        buf, i = src._buf, src._i
-        if len(buf) - i >= 512 and (not recording or src._rec_pos == src._raw - len(buf) + i):
-            block = buf[i : i + 512]  # the usual case: the header is at hand (and new)
-            src._i = i + 512
-            if recording:
-                src._seg += block
-                src._rec_pos += 512
-        else:
-            block = src.read(512)
-        if len(block) < 512:
-            if block:
-                raise InvalidParameter("layer tar stream ends inside a header")
-            return  # no end-of-archive blocks: accepted, as tarfile does
-        if block == _ZERO_BLOCK:
-            return
-        m = _fast_header(block, seen)
-        if m is not None:
-            if m.type in FILE_TYPES:
-                pad = -m.size % 512
-                end = src.tell() + m.size + pad
-            else:
-                pad, end = 0, src.tell()
-        else:
-            start = src.tell() - 512
-            src.unread(block)  # (a seek back could fall before the buffer's start)
-            try:
-                ti = tarfile.TarInfo.fromtarfile(ctx)  # type: ignore[arg-type]
-            except tarfile.EOFHeaderError:
-                return
-            except tarfile.HeaderError as exc:
-                raise InvalidParameter(f"layer is not a valid tar stream (at byte {start}): {exc}") from None
-            m, end = Member.of(ti), ctx.offset
-            pad = end - src.tell() - m.size if m.type in FILE_TYPES and m.tarinfo is None else 0
-        yield m, pad
-        if src.tell() != end:
-            src.seek(end)
+def header_block(src: Source) -> bytes:
+    """The next 512-byte block (shorter at the end of the stream), recorded as raw bytes."""
+    buf, i = src._buf, src._i
+    if len(buf) - i >= 512 and (src._rec is None or src._rec_pos == src._raw - len(buf) + i):
+        block = buf[i : i + 512]  # the usual case: the header is at hand (and new)
+        src._i = i + 512
+        if src._rec is not None:
+            src._seg += block
+            src._rec_pos += 512
+        return block
+    return src.read(512)
+
+
+def slow_header(src: Source, ctx: TarContext, block: bytes) -> tuple[Member, int, int] | None:
+    """The member whose header ``block`` (just read) the fast parser declined, parsed by
+    tarfile: ``(member, padding after its data, stream offset after it)``, None at the end."""
+    start = src.tell() - 512
+    src.unread(block)  # (a seek back could fall before the buffer's start)
+    try:
+        ti = tarfile.TarInfo.fromtarfile(ctx)  # type: ignore[arg-type]
+    except tarfile.EOFHeaderError:
+        return None
+    except tarfile.HeaderError as exc:
+        raise InvalidParameter(f"layer is not a valid tar stream (at byte {start}): {exc}") from None
+    m, end = Member.of(ti), ctx.offset
+    if m.size < 0 or end < src.tell():  # int() takes a sign, and tarfile then loops: refused
+        raise InvalidParameter(f'layer member "{m.name}" has a negative size')
+    pad = end - src.tell() - m.size if m.type in FILE_TYPES and m.tarinfo is None else 0
+    return m, pad, end
