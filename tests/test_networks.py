@@ -652,3 +652,41 @@ def test_cli_pairs_ranges_gateways_and_aux_addresses_with_their_subnets() -> Non
                       "Created": "2026-11-28T07:13:40.039493966Z"}, no_trunc=False)
     assert (row.ID, row.Labels, row.Label("a")) == ("ab" * 6, "a=1,b=2", "1")
     assert row.CreatedAt.startswith("2026-11-28")
+
+
+def test_a_prepared_registration_is_written_then_committed(root: Path) -> None:
+    """At create the container's network record is written (durably) in the create's worker
+    thread; the service knows the container only after the commit; a failed create discards
+    the record; a restarted service loads what was written."""
+    s1, _ = make_service(root)
+    records = root / "data" / "network" / "files" / "containers"
+
+    async def first() -> None:
+        await s1.start()
+        await s1.create({"Name": "user", "IPAM": {"Config": [{"Subnet": "10.199.71.0/24"}]}})
+        with pytest.raises(NotFound):
+            s1.prepare_registration(ContainerNetSpec(CID1, "a", network_mode="nosuch"))
+        reg = s1.prepare_registration(
+            ContainerNetSpec(CID1, "web", network_mode="user", endpoints_config={"user": {"Aliases": ["w"]}})
+        )
+        assert CID1 not in s1.cnets and not (records / f"{CID1}.json").exists()
+        await asyncio.to_thread(reg.write)
+        assert (records / f"{CID1}.json").exists() and CID1 not in s1.cnets
+        reg.commit()
+        assert "w" in s1.cnets[CID1].attachments[0].aliases
+        failed = s1.prepare_registration(ContainerNetSpec(CID2, "x"))
+        failed.write()
+        failed.discard()
+        assert not (records / f"{CID2}.json").exists() and CID2 not in s1.cnets
+        await s1.close()
+
+    run(first())
+    s2, _ = make_service(root)
+
+    async def second() -> None:
+        await s2.start()
+        assert s2.cnets[CID1].name == "web" and "w" in s2.cnets[CID1].attachments[0].aliases
+        assert CID2 not in s2.cnets
+        await _cleanup(s2)
+
+    run(second())

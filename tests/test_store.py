@@ -37,6 +37,20 @@ def test_failed_write_keeps_the_old_record(tmp_path: Path, monkeypatch: pytest.M
     assert os.listdir(tmp_path) == ["state.json"]
 
 
+def test_runtime_records_are_atomic_without_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``durable=False`` (state a reboot makes obsolete): the same atomic replace, no fsync."""
+    path = tmp_path / "sandbox.json"
+    atomic_write(path, b"old")
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    atomic_write_json(path, {"sandbox": "/run/x"}, durable=False)
+    assert path.read_text() == '{"sandbox":"/run/x"}' and not synced
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["sandbox.json"]
+    atomic_write(path, b"config")
+    assert len(synced) == 2  # the durable default: the file, then its directory
+
+
 @pytest.mark.parametrize(
     "kind, name, ok",
     [

@@ -61,6 +61,17 @@ def validate(svc: ContainerService, c: Container, body: Mapping[str, Any]) -> No
     nets._build_cnet(spec_for(c, endpoints_config(body)))  # raises what is wrong; stores nothing
 
 
+def prepare_register(svc: ContainerService, c: Container, body: Mapping[str, Any]) -> Any:
+    """At create, before anything is made: ``validate``, and the network record to write once
+    the container exists (``Registration``: ``write()`` in the create's worker, ``commit()``
+    after), or None without a network service."""
+    nets = _networks(svc)
+    if nets is None:
+        validate(svc, c, body)
+        return None
+    return nets.prepare_registration(spec_for(c, endpoints_config(body)))
+
+
 def register(svc: ContainerService, c: Container, body: Mapping[str, Any]) -> None:
     """After the container exists on disk: store its network configuration."""
     nets = _networks(svc)

@@ -290,19 +290,22 @@ class ContainerService(ContainerIO):
             },
         )
         c.log_path = os.path.join(c.dir, f"{cid}-json.log") if result.log_driver == "json-file" else ""
-        netlink.validate(self, c, body)  # networks: NotFound/400 before anything is made
+        # networks: NotFound/400 before anything is made; the record is written with the container's
+        net_record = netlink.prepare_register(self, c, body)
         async with self.mounts.creating(c, self.get):  # mount plan + volumes; removed again on failure
-            await self.run(self._validate_and_make, c, timeout=LONG, what="creating the container's filesystem")
-        netlink.register(self, c, body)
+            await self.run(self._validate_and_make, c, net_record, timeout=LONG, what="creating the container's filesystem")
+        if net_record is not None:
+            net_record.commit()
         self.index.add(cid, c, name)
         self.runtime(cid)
         self._emit(c, "create")
         return {"Id": cid, "Warnings": list(result.warnings)}
 
-    def _validate_and_make(self, c: Container) -> None:
-        # one worker-thread hop for both: each hop costs latency on a busy machine
+    def _validate_and_make(self, c: Container, net_record: Any = None) -> None:
+        # one worker-thread hop for all: each hop costs latency on a busy machine, and the
+        # records' fsyncs stay off the event loop
         self._validate_hook(c)
-        self._make_on_disk(c)
+        self._make_on_disk(c, net_record)
 
     def _validate_hook(self, c: Container) -> None:
         # A plugin's InvalidParameter is the user's error (400); other failures name the plugin.
@@ -315,8 +318,9 @@ class ContainerService(ContainerIO):
             except Exception as exc:
                 raise PydError(f"security plugin {impl.plugin_name} failed to validate the container: {exc}") from exc
 
-    def _make_on_disk(self, c: Container) -> None:
-        """Directory, rw layer, generated /etc files and the record; undone on failure."""
+    def _make_on_disk(self, c: Container, net_record: Any = None) -> None:
+        """Directory, rw layer, generated /etc files, the record and the network record
+        (``netlink.prepare_register``); undone on failure."""
         assert self.layers is not None
         os.makedirs(c.dir, mode=0o710)
         made_layer = False
@@ -327,7 +331,14 @@ class ContainerService(ContainerIO):
             made_layer = True
             self._etc_paths(c)
             c.save()
+            if net_record is not None:
+                net_record.write()
         except BaseException:
+            if net_record is not None:
+                try:
+                    net_record.discard()
+                except OSError:
+                    log.exception("cannot remove the network record of the failed container %s", c.id[:12])
             if made_layer:
                 try:
                     self.layers.remove_rw(c.id)

@@ -196,6 +196,17 @@ class NetworkAttachMixin:
         self.cnets[cnet.id] = cnet
         self._save_cnet(cnet)
 
+    def prepare_registration(self: NetworkService, spec: ContainerNetSpec) -> Registration:
+        """``register_container`` in three steps, so that its durable write (two fsyncs) runs
+        in the create's worker thread next to the container's own record, not on the event
+        loop: validate now (NotFound names a missing network), ``write()`` in any thread once
+        the container exists on disk, ``commit()`` on the loop when the create succeeded."""
+        cnet = self._build_cnet(spec)
+        return Registration(self, cnet, self._ctr_dir.writer(cnet.id, cnet))
+
+    def _forget_record(self: NetworkService, container_id: str) -> None:
+        self._ctr_dir.delete(container_id)
+
     def container_renamed(self: NetworkService, container_id: str, name: str) -> None:
         cnet = self.cnets.get(container_id)
         if cnet is not None:
@@ -673,3 +684,22 @@ class NetworkAttachMixin:
             return []
         published = [p for e in cnet.endpoints.values() if e in self.endpoints for p in self.endpoints[e].ports]
         return list_ports(published, cnet.exposed_ports if (cnet.sandbox or cnet.endpoints) else [])
+
+
+class Registration:
+    """A container's network record between ``prepare_registration`` and ``commit``."""
+
+    def __init__(self, service: Any, cnet: ContainerNet, write: Any) -> None:
+        self._service, self.cnet, self._write = service, cnet, write
+
+    def write(self) -> None:
+        """The durable write of the record (any thread)."""
+        self._write()
+
+    def discard(self) -> None:
+        """The create failed after ``write``: no record stays (any thread)."""
+        self._service._forget_record(self.cnet.id)
+
+    def commit(self) -> None:
+        """The container exists: the service knows its networking from now on (event loop)."""
+        self._service.cnets[self.cnet.id] = self.cnet
