@@ -91,6 +91,20 @@ def _str_map(value: object) -> dict[str, str]:
     return dict(value)
 
 
+CLUSTER_STORE_OPTS = ("discovery.heartbeat", "discovery.ttl")
+
+
+def _cluster_store_opts(value: object) -> dict[str, str]:
+    """``cluster-store-opts``: Docker's discovery timings (whole seconds > 0)."""
+    opts = _str_map(value)
+    for key, val in opts.items():
+        if key not in CLUSTER_STORE_OPTS:
+            raise ValueError(f'unknown option "{key}"; valid options: {", ".join(CLUSTER_STORE_OPTS)}')
+        if not val.isdigit() or int(val) <= 0:
+            raise ValueError(f'option "{key}" must be a whole number of seconds > 0, not "{val}"')
+    return opts
+
+
 def _kv_pairs(value: object) -> dict[str, str]:
     """Docker's list of ``key=value`` strings (``storage-opts``, ``exec-opts``) -> dict."""
     items = _strings(value)
@@ -275,7 +289,7 @@ OPTIONS: tuple[Option, ...] = (
     _opt("dns-opts", _strings, (), flag="--dns-opt"),
     _opt("cluster-store", _string, ""),
     _opt("cluster-advertise", _string, ""),
-    _opt("cluster-store-opts", _str_map, {}, flag="--cluster-store-opt"),
+    _opt("cluster-store-opts", _cluster_store_opts, {}, flag="--cluster-store-opt"),
     # registries
     _opt("insecure-registries", _strings, (), reloadable=True, flag="--insecure-registry"),
     _opt("registry-mirrors", _strings, (), reloadable=True, flag="--registry-mirror"),

@@ -182,6 +182,19 @@ def select_exec_driver(registry: PluginRegistry, config: DaemonConfig, warnings:
         return None
 
 
+def check_cluster_store(config: DaemonConfig) -> None:
+    """A ``cluster-store`` must name an installed kvstore plugin (its scheme); the store itself
+    may be down now: the daemon connects when global networks need it."""
+    if not config.cluster_store:
+        return
+    from pyd.engine.network_cluster import store_name
+
+    name = store_name(config.cluster_store)
+    installed = installed_names(Kind.KVSTORE)
+    if name not in installed:
+        raise DriverNotInstalled("kvstore", name, installed)
+
+
 def build_engine(config: DaemonConfig) -> Engine:
     """Load every plugin the configuration selects and build the engine (no socket yet).
 
@@ -205,6 +218,7 @@ def build_engine(config: DaemonConfig) -> Engine:
     authz = load_authorizers(registry, config)
     exec_driver = select_exec_driver(registry, config, warnings)
     registry.load_all(Kind.SECURITY)  # failures are recorded for `pyd plugin ls` only
+    check_cluster_store(config)
 
     engine = Engine(config, registry, graph=graph, log_driver_name=config.log_driver, authz=authz)
     engine.log_driver = log_driver
@@ -220,7 +234,7 @@ def build_engine(config: DaemonConfig) -> Engine:
     from pyd.engine.networks import NetworkService
 
     # before containers: closed after them, so stopping containers can still release networks
-    networks = engine.add_service("networks", NetworkService(config=config, registry=registry, events=engine.events))
+    networks = engine.add_service("networks", NetworkService(config=config, registry=registry, events=engine.events, host_id=engine.id))
     from pyd.engine.containers import ContainerService
 
     containers = engine.add_service("containers", ContainerService(

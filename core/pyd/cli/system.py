@@ -175,6 +175,10 @@ def _info_text(client: dict[str, Any], info: dict[str, Any] | None) -> str:
             out.append(f" {label}: {i(key)}")
     out.append(" Labels:")
     out += [f"  {label}" for label in i("Labels") or []]
+    if i("ClusterStore"):
+        out.append(f" Cluster Store: {i('ClusterStore')}")
+    if i("ClusterAdvertise"):
+        out.append(f" Cluster Advertise: {i('ClusterAdvertise')}")
     out.append(f" Live Restore Enabled: {yes(i('LiveRestoreEnabled'))}")
     return "\n".join(out) + "\n"
 

@@ -257,6 +257,9 @@ class Engine:
                 "Error": "",
                 "RemoteManagers": None,
             },
+            # API <= 1.40 fields, kept by pyd for its multi-host networking
+            "ClusterStore": cfg.cluster_store,
+            "ClusterAdvertise": cfg.cluster_advertise,
             "LiveRestoreEnabled": cfg.live_restore,
             "Isolation": "",
             "InitBinary": "",

@@ -116,7 +116,8 @@ class NetworkAttachMixin:
         return self.find(mode)
 
     def _is_user_defined(self: NetworkService, rec: NetworkRecord) -> bool:
-        return not rec.predefined
+        # the gateway bridge is the daemon's plumbing: no aliases, no names resolved through it
+        return not rec.predefined and not rec.extra.get("gwbridge")
 
     def _make_attachment(self: NetworkService, rec: NetworkRecord, cfg: Mapping[str, Any], container_id: str) -> Attachment:
         aliases = [str(a) for a in cfg.get("Aliases") or []]
@@ -245,6 +246,9 @@ class NetworkAttachMixin:
                     cnet.sandbox, cnet.sandbox_id = path, secrets.token_hex(32)
                 for att in cnet.attachments:
                     await self._join(cnet, att)
+                if not host and self._needs_gateway_bridge(cnet):
+                    gw = await self.gateway_bridge()
+                    await self._join(cnet, Attachment(network_id=gw.id, name=gw.name))
                 await self._publish(cnet)
                 if not host and self._wants_dns(cnet):
                     await self._start_dns(cnet)
@@ -265,6 +269,17 @@ class NetworkAttachMixin:
                     self._emit(rec, "connect", container=cnet.id)
             result.settings = self.container_settings(cnet.id)
             return result
+
+    def _needs_gateway_bridge(self: NetworkService, cnet: ContainerNet) -> bool:
+        """Docker's rule: a container whose networks give it no default route, but one of them
+        wants a way out (overlay, not internal), also joins the local gateway bridge."""
+        if any(self.endpoints[e].gateway for e in cnet.endpoints.values() if e in self.endpoints):
+            return False
+        for nid in cnet.endpoints:
+            rec = self.networks.get(nid)
+            if rec is not None and not rec.internal and getattr(self._drv_quiet(rec), "needs_gateway_bridge", False):
+                return True
+        return False
 
     def _drv_quiet(self: NetworkService, rec: NetworkRecord) -> Any:
         try:
@@ -366,6 +381,9 @@ class NetworkAttachMixin:
             ep.joined = True
             ep.gateway = res.gateway
             self._ep_dir.save(ep.id, ep, durable=False)
+            if rec.scope == "global":
+                await self._call(self.cluster.publish_endpoint, rec.id, ep.id, self._endpoint_entry(ep),
+                                 what="publishing the endpoint in the cluster store")
         except BaseException:
             await asyncio.shield(self._leave(ep, emit=False))
             raise
@@ -398,6 +416,8 @@ class NetworkAttachMixin:
                     except Exception as exc:
                         log.warning("%s of endpoint %s on network %s failed: %s", what, ep.id[:12], rec.name, exc,
                                     extra={"driver": f"network:{rec.driver}"})
+        if rec is not None and rec.scope == "global":
+            await self._call(self.cluster.withdraw_endpoint, rec.id, ep.id, what="withdrawing the endpoint")
         if ep.address and ep.pool_id and rec is not None:
             try:
                 allocator = self.ipam(rec.ipam_driver)
@@ -436,8 +456,8 @@ class NetworkAttachMixin:
 
     def _gateway_endpoint(self: NetworkService, cnet: ContainerNet) -> EndpointRecord | None:
         """The endpoint that gave the default route (published ports go there, as Docker's)."""
-        for att in cnet.attachments:
-            ep = self.endpoints.get(cnet.endpoints.get(att.network_id, ""))
+        for eid in cnet.endpoints.values():  # in join order; the gateway bridge comes last
+            ep = self.endpoints.get(eid)
             if ep is not None and ep.gateway:
                 return ep
         return None
@@ -608,6 +628,13 @@ class NetworkAttachMixin:
                 names.update(a.lower() for a in (att.aliases if att else []))
                 if name in names and ep.ip not in ips:
                     ips.append(ep.ip)
+            if net.scope == "global":  # containers on the other hosts of the cluster
+                for entry in self.cluster.remote_endpoints(net.id):
+                    names = {str(entry.get("name", "")).lower(), str(entry.get("container_id", ""))[:12]}
+                    names.update(str(a).lower() for a in entry.get("aliases") or [])
+                    ip = str(entry.get("ip", ""))
+                    if ip and name in names and ip not in ips:
+                        ips.append(ip)
         return ips
 
     def dns_reverse(self: NetworkService, container_id: str, ip: str) -> str | None:
@@ -617,6 +644,10 @@ class NetworkAttachMixin:
                     other = self.cnets.get(ep.container_id)
                     if other is not None:
                         return f"{other.name}.{net.name}"
+            if net.scope == "global":
+                for entry in self.cluster.remote_endpoints(net.id):
+                    if entry.get("ip") == ip and entry.get("name"):
+                        return f"{entry['name']}.{net.name}"
         return None
 
     def dns_upstreams(self: NetworkService, container_id: str) -> list[str]:

@@ -34,6 +34,7 @@ from pyd.drivers.network import IPAMData, NetworkContext, NetworkCreateRequest, 
 from pyd.engine import network_views as views
 from pyd.engine.container_state import format_time, now_nano, parse_time
 from pyd.engine.network_attach import NetworkAttachMixin
+from pyd.engine.network_cluster import ClusterSync, KVProxy
 from pyd.engine.network_dns import SandboxDNS
 from pyd.engine.network_hostinfo import host_routes, interface_ipv4
 from pyd.engine.network_records import (
@@ -108,6 +109,7 @@ class NetworkService(NetworkAttachMixin):
         registry: PluginRegistry,
         events: EventBus,
         name_prefix: str | None = None,
+        host_id: str | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -137,6 +139,10 @@ class NetworkService(NetworkAttachMixin):
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pyd-net")
         # Set by the composition root once the container service exists: ref -> ContainerRef.
         self.container_lookup: Callable[[str], Any] | None = None
+        # The cluster store (made on first use) and the sync of global networks/endpoints.
+        self.kv = KVProxy(config, registry, self.data_root)
+        self.cluster = ClusterSync(self.kv, dict(config.cluster_store_opts), host=host_id)
+        self._gw_lock: asyncio.Lock | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -149,6 +155,13 @@ class NetworkService(NetworkAttachMixin):
         except asyncio.TimeoutError:
             name = what or getattr(fn, "__qualname__", "network call")
             raise Unavailable(f"{name} did not complete within {timeout:g}s") from None
+
+    async def _call_quiet(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A clean-up call whose failure is logged, never raised."""
+        try:
+            await self._call(fn, *args, timeout=LONG)
+        except Exception as exc:
+            log.warning("clean-up step %s failed: %s", getattr(fn, "__qualname__", fn), exc)
 
     def _net_lock(self, network_id: str) -> asyncio.Lock:
         lock = self._net_locks.get(network_id)
@@ -175,7 +188,7 @@ class NetworkService(NetworkAttachMixin):
         installed = installed_names(Kind.NETWORK)
         if name not in installed:
             raise DriverNotInstalled("network", name, installed)
-        ctx = NetworkContext(settings=self.settings(), kvstore=None, name_prefix=self.prefix)
+        ctx = NetworkContext(settings=self.settings(), kvstore=self.kv, name_prefix=self.prefix)
         drv = self.registry.init_driver(
             Kind.NETWORK, name, home=self.registry.home(self.data_root, Kind.NETWORK, name), context=ctx
         )
@@ -187,7 +200,7 @@ class NetworkService(NetworkAttachMixin):
         if name not in installed:
             raise DriverNotInstalled("ipam", name, installed)
         return self.registry.init_driver(
-            Kind.IPAM, name, home=self.registry.home(self.data_root, Kind.IPAM, name), kvstore=None
+            Kind.IPAM, name, home=self.registry.home(self.data_root, Kind.IPAM, name), kvstore=self.kv
         )
 
     def _driver_for(self, rec: NetworkRecord) -> Any:
@@ -239,6 +252,8 @@ class NetworkService(NetworkAttachMixin):
                 await self._restore_network(rec)
             await self._ensure_predefined()
             await self._recover_sandboxes()
+            if self.config.cluster_store or any(r.scope == "global" for r in self.networks.values()):
+                self._start_cluster()
             self._started = True
 
     def _load_records(self) -> None:
@@ -257,11 +272,12 @@ class NetworkService(NetworkAttachMixin):
             enable_ipv6=rec.enable_ipv6,
         )
 
-    async def _restore_network(self, rec: NetworkRecord) -> None:
+    async def _restore_network(self, rec: NetworkRecord, *, adopted: bool = False) -> None:
+        """Hand a known network to its driver; ``adopted``: new to this host (made by another)."""
         try:
             drv = self.driver(rec.driver)
             req = self.create_request(rec)
-            fn = drv.restore_network if isinstance(drv, NetworkRestorer) else drv.create_network
+            fn = drv.restore_network if isinstance(drv, NetworkRestorer) and not adopted else drv.create_network
             async with self._net_lock(rec.id):
                 await self._call(fn, req, timeout=LONG, what=f'restoring network {rec.name} (driver "{rec.driver}")')
         except Exception as exc:
@@ -286,7 +302,73 @@ class NetworkService(NetworkAttachMixin):
                         await self._call(drv.delete_network, rec.id, timeout=LONG)
                 except Exception as exc:
                     log.warning("cannot release network %s at shutdown: %s", rec.name, exc)
+        await asyncio.to_thread(self.cluster.close)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the cluster (global-scope networks) -----------------------------------------------------------
+
+    def _start_cluster(self) -> None:
+        """Follow the cluster's networks and keep this host's endpoints published (once)."""
+        known = [r.id for r in self.networks.values() if r.scope == "global"]
+        if not self.cluster.start(asyncio.get_running_loop(), self._on_cluster_network, known):
+            return
+        for ep in list(self.endpoints.values()):  # a restarted daemon publishes again
+            rec = self.networks.get(ep.network_id)
+            if rec is not None and rec.scope == "global" and ep.joined:
+                self._pool.submit(self.cluster.publish_endpoint, rec.id, ep.id, self._endpoint_entry(ep))
+
+    def _endpoint_entry(self, ep: EndpointRecord) -> dict[str, Any]:
+        cnet = self.cnets.get(ep.container_id)
+        return {"container_id": ep.container_id, "name": cnet.name if cnet else "", "aliases": list(ep.aliases),
+                "ip": ep.ip, "mac": ep.mac}
+
+    async def _on_cluster_network(self, network_id: str, record: dict[str, Any] | None) -> None:
+        """A global network was created or removed on some host (maybe this one)."""
+        await self.start()
+        current = self.networks.get(network_id)
+        if record is None:
+            if current is not None and current.scope == "global":
+                await self._drop_global(current)
+            return
+        if current is not None or network_id in {r.id for r in self.networks.values()}:
+            return
+        rec = NetworkRecord.from_json(record)
+        rec.predefined = False
+        self._save_network(rec)
+        self.networks[rec.id] = rec
+        await self._restore_network(rec, adopted=True)
+
+    async def _drop_global(self, rec: NetworkRecord) -> None:
+        """Removed from the cluster by another host: release it here (records, kernel objects)."""
+        for ep in [e for e in self.endpoints.values() if e.network_id == rec.id]:
+            log.warning("network %s was removed in the cluster; disconnecting container %s", rec.name, ep.container_id[:12])
+            await self._leave(ep)
+        if rec.id not in self.unavailable:
+            drv = self._drv_quiet(rec)
+            if drv is not None:
+                async with self._net_lock(rec.id):
+                    await self._call_quiet(drv.delete_network, rec.id)
+        self._net_dir.delete(rec.id)
+        self.networks.pop(rec.id, None)
+        self.unavailable.pop(rec.id, None)
+        self._net_locks.pop(rec.id, None)
+
+    async def gateway_bridge(self) -> NetworkRecord:
+        """The local bridge that gives containers on global networks their way out (Docker's
+        ``docker_gwbridge``): no inter-container traffic, masquerade on. Made on first use."""
+        if self._gw_lock is None:
+            self._gw_lock = asyncio.Lock()
+        async with self._gw_lock:
+            for rec in self.networks.values():
+                if rec.extra.get("gwbridge"):
+                    return rec
+            name = f"{self.prefix}_gwbridge"
+            device = name if len(name) <= 15 else f"{self.prefix}gw"
+            return await self._create_network(
+                name=name, driver_name="bridge",
+                options={BRIDGE_NAME_OPT: device, ICC_OPT: "false", MASQ_OPT: "true"},
+                extra={"gwbridge": True},
+            )
 
     # -- predefined networks ------------------------------------------------------------------------
 
@@ -450,33 +532,60 @@ class NetworkService(NetworkAttachMixin):
                 predefined=predefined,
                 extra=dict(extra or {}),
             )
-            if driver_name not in NO_IPAM_DRIVERS:
-                configs = _check_ipam_configs(ipam_configs or [])
-                space = GLOBAL_SPACE if driver_scope == "global" else LOCAL_SPACE
-                allocator = self.ipam(ipam_driver)
-                auto = await self._auto_pool_options(ipam_driver)
-                rec.pools = await self._call(
-                    _allocate_pools, allocator, space, configs, dict(ipam_options or {}), auto, what="allocating the network's pools"
-                )
-            elif ipam_configs:
-                raise InvalidParameter(f'network driver "{driver_name}" does not take IPAM configuration (subnets)')
+            if driver_scope == "global":
+                self._start_cluster()
+                await self._call(self.cluster.claim_name, name, rec.id, what="reserving the name in the cluster store")
             try:
-                self._save_network(rec)  # first: a crash after this is repaired by restore at start
-                async with self._net_lock(rec.id):
-                    await self._call(
-                        drv.create_network, self.create_request(rec, parsed), timeout=LONG,
-                        what=f'creating network {name} (driver "{driver_name}")',
-                    )
+                await self._make_network(rec, drv, parsed, ipam_configs, driver_name)
             except BaseException:
-                self._net_dir.delete(rec.id)
-                await self._release_pools(rec)
+                if driver_scope == "global":
+                    await asyncio.shield(self._call_quiet(self.cluster.release_name, name, rec.id))
                 raise
-            self.networks[rec.id] = rec
         finally:
             self._creating.discard(name)
         if not predefined:  # dockerd makes its predefined networks without events too
             self._emit(rec, "create")
         return rec
+
+    async def _make_network(
+        self, rec: NetworkRecord, drv: Any, parsed: Mapping[str, object], ipam_configs: list[dict[str, Any]] | None,
+        driver_name: str,
+    ) -> None:
+        """Pools, record, kernel objects (and, for a global network, its cluster record): all
+        or nothing."""
+        name, driver_scope = rec.name, rec.scope
+        if driver_name not in NO_IPAM_DRIVERS:
+            configs = _check_ipam_configs(ipam_configs or [])
+            space = GLOBAL_SPACE if driver_scope == "global" else LOCAL_SPACE
+            allocator = self.ipam(rec.ipam_driver)
+            auto = await self._auto_pool_options(rec.ipam_driver)
+            rec.pools = await self._call(
+                _allocate_pools, allocator, space, configs, dict(rec.ipam_options or {}), auto, what="allocating the network's pools"
+            )
+        elif ipam_configs:
+            raise InvalidParameter(f'network driver "{driver_name}" does not take IPAM configuration (subnets)')
+        created = False
+        try:
+            self._save_network(rec)  # first: a crash after this is repaired by restore at start
+            async with self._net_lock(rec.id):
+                await self._call(
+                    drv.create_network, self.create_request(rec, parsed), timeout=LONG,
+                    what=f'creating network {name} (driver "{driver_name}")',
+                )
+                created = True
+            self.networks[rec.id] = rec
+            if driver_scope == "global":  # last: other hosts adopt it from here on
+                await self._call(self.cluster.publish_network, rec.id, rec.to_json(),
+                                 what="publishing the network in the cluster store")
+        except BaseException:
+            self.networks.pop(rec.id, None)
+            if created:
+                await asyncio.shield(self._call_quiet(drv.delete_network, rec.id))
+                if hasattr(drv, "forget_network"):
+                    await asyncio.shield(self._call_quiet(drv.forget_network, rec.id))
+            self._net_dir.delete(rec.id)
+            await self._release_pools(rec)
+            raise
 
     async def _auto_pool_options(self, ipam_driver: str) -> dict[str, str]:
         """Options for a subnet the IPAM chooses: avoid the host's routes; the daemon's
@@ -544,11 +653,25 @@ class NetworkService(NetworkAttachMixin):
         await self._delete_network(rec)
 
     async def _delete_network(self, rec: NetworkRecord) -> None:
+        drv = None
+        if rec.scope == "global":  # endpoints on other hosts count too; needs the store
+            remote = await self._call(self.cluster.endpoints_of, rec.id, what="reading the cluster store")
+            if remote:
+                hosts = sorted({str(e.get("host", ""))[:12] for e in remote})
+                raise Forbidden(
+                    f"error while removing network: network {rec.name} id {rec.id} has active endpoints "
+                    f"(on hosts {', '.join(hosts)})"
+                )
         if rec.id not in self.unavailable:
             drv = self.driver(rec.driver)
             async with self._net_lock(rec.id):
                 await self._call(drv.delete_network, rec.id, timeout=LONG, what=f"removing network {rec.name}")
         await self._release_pools(rec)
+        if rec.scope == "global":
+            forget = getattr(drv if drv is not None else self._drv_quiet(rec), "forget_network", None)
+            if forget is not None:
+                await self._call(forget, rec.id, what=f"releasing network {rec.name} in the cluster")
+            await self._call(self.cluster.unpublish_network, rec.id, rec.name, what="removing the network from the cluster store")
         self._net_dir.delete(rec.id)
         self.networks.pop(rec.id, None)
         self.unavailable.pop(rec.id, None)
