@@ -163,33 +163,7 @@ def bytes_size(size: float) -> str:
     return _custom_size(float(size), 1024.0, _BINARY_UNITS, 4)
 
 
-def human_duration(seconds: float) -> str:
-    """docker's ``HumanDuration``: ``Less than a second``, ``5 minutes``, ``About an hour``,
-    ``3 days``, ...; used for ``Up 5 minutes`` and ``2 hours ago``."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(round(seconds / 3600))
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
+from pyd.units import human_duration  # noqa: E402  (re-exported)
 
 
 def time_ago(timestamp: float, now: float | None = None) -> str:
@@ -360,3 +334,41 @@ def prune_objects(
         write(f"{heading}:\n" + "".join(f"{line}\n" for entry in deleted for line in entry_lines(entry)) + "\n")
     if reclaimed:
         write(f"Total reclaimed space: {human_size(report.get('SpaceReclaimed') or 0, 4)}\n")
+
+
+def isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def save_stream(path: str, method: str, params: Mapping[str, Any] | None, output: str | None) -> None:
+    """Stream a tar archive from the daemon to ``output`` (a file) or to STDOUT.
+
+    Refuses a terminal, as Docker does. A file is written to a temp name and renamed at the
+    end, so an interrupted transfer leaves no partial archive.
+    """
+    if output is None and isatty(sys.stdout):
+        raise click.ClickException("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+    resp = get_client().stream(method, path, params=dict(params) if params else None)
+    with resp:
+        if output is None:
+            out = sys.stdout.buffer
+            for chunk in resp.iter_raw():
+                out.write(chunk)
+            out.flush()
+            return
+        target = os.path.abspath(output)
+        tmp = f"{target}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in resp.iter_raw():
+                    f.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise

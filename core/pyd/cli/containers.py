@@ -57,7 +57,7 @@ def start(ctx: click.Context, attach: bool, interactive: bool, containers: tuple
     info = client.get(f"/containers/{containers[0]}/json")
     cid, tty = info["Id"], bool(info["Config"].get("Tty"))
     from pyd.cli.run import _wait_status
-    from pyd.cli.stdio import RawTerminal, copy_output, pump_stdin
+    from pyd.cli.stdio import copy_output, pump_stdin, tty_session
 
     params = {"stream": 1, "stdout": 1, "stderr": 1}
     if interactive:
@@ -70,10 +70,7 @@ def start(ctx: click.Context, attach: bool, interactive: bool, containers: tuple
     waiter = client.stream("POST", f"/containers/{cid}/wait", params={"condition": "next-exit"})
     client.post(f"/containers/{cid}/start")
     if tty:
-        with RawTerminal():
-            if interactive:
-                pump_stdin(hijacked, half_close=False)
-            copy_output(hijacked, True)
+        tty_session(client, hijacked, stdin=interactive)
     else:
         copy_output(hijacked, False)
     hijacked.close()
@@ -179,7 +176,7 @@ def attach(ctx: click.Context, no_stdin: bool, sig_proxy: bool, detach_keys: str
     """Attach local standard input, output, and error streams to a running container."""
     client = common.get_client()
     from pyd.cli.run import _proxy_signals, _wait_status
-    from pyd.cli.stdio import RawTerminal, copy_output, pump_stdin
+    from pyd.cli.stdio import copy_output, pump_stdin, tty_session
 
     waiter = client.stream("POST", f"/containers/{container}/wait")
     info = client.get(f"/containers/{container}/json")
@@ -196,10 +193,7 @@ def attach(ctx: click.Context, no_stdin: bool, sig_proxy: bool, detach_keys: str
         params["stdin"] = 1
     hijacked = client.hijack("POST", f"/containers/{cid}/attach", params=params)
     if tty:
-        with RawTerminal():
-            if stdin:
-                pump_stdin(hijacked, half_close=False)
-            copy_output(hijacked, True)
+        tty_session(client, hijacked, stdin=stdin)
     else:
         if stdin:
             pump_stdin(hijacked)

@@ -43,7 +43,7 @@ def exec_(
 ) -> int:
     """``pyd exec``: returns the exit code (the process's; 126 when it has none)."""
     from pyd.cli.create_body import parse_env_item, read_env_file
-    from pyd.cli.stdio import RawTerminal, copy_output, on_winch, pump_stdin
+    from pyd.cli.stdio import copy_output, pump_stdin, tty_session
     from pyd.errors import PydError
 
     client = get_client()
@@ -74,20 +74,7 @@ def exec_(
         return 0
     hijacked = client.hijack("POST", f"/exec/{eid}/start", data={"Detach": False, "Tty": tty})
     if tty:
-        def resize(rows: int, cols: int) -> None:
-            from pyd.client import Client
-
-            c = Client(client.host, tls=client.tls, version=client.api_version)
-            try:
-                c.post(f"/exec/{eid}/resize", params={"h": rows, "w": cols})
-            finally:
-                c.close()
-
-        on_winch(resize)
-        with RawTerminal():
-            if interactive:
-                pump_stdin(hijacked, half_close=False)
-            copy_output(hijacked, True)
+        tty_session(client, hijacked, stdin=interactive, resize_path=f"/exec/{eid}/resize")
     else:
         if interactive:
             pump_stdin(hijacked)

@@ -35,11 +35,7 @@ _GO_SYMLINK = 1 << 27
 _KINDS = {0: "C", 1: "A", 2: "D"}
 
 
-def _isatty(stream: IO[Any]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+_isatty = common.isatty
 
 
 # -- cp: argument parsing -------------------------------------------------------------------------
@@ -397,30 +393,7 @@ def diff(container: str) -> None:
 @click.argument("container")
 def export(output: str | None, container: str) -> None:
     """Export a container's filesystem as a tar archive (to STDOUT by default)."""
-    if output is None and _isatty(sys.stdout):
-        raise click.ClickException("cowardly refusing to save to a terminal. Use the -o flag or redirect")
-    resp = common.get_client().stream("GET", f"/containers/{container}/export")
-    with resp:
-        if output is None:
-            out = sys.stdout.buffer
-            for chunk in resp.iter_raw():
-                out.write(chunk)
-            out.flush()
-            return
-        # a temp file renamed at the end: an interrupted export leaves no partial archive
-        target = os.path.abspath(output)
-        tmp = f"{target}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                for chunk in resp.iter_raw():
-                    f.write(chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+    common.save_stream(f"/containers/{container}/export", "GET", None, output)
 
 
 _TRUE = ("1", "t", "true", "yes", "y", "on")

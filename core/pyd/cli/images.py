@@ -130,11 +130,7 @@ def _rows(summaries: list[dict[str, Any]], digests: bool, no_trunc: bool) -> lis
     return out
 
 
-def _interactive(stream: IO[Any]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+_interactive = common.isatty
 
 
 class _UploadProgress:
@@ -292,30 +288,7 @@ def load(input_: str | None, quiet: bool) -> None:
 @click.option("-o", "--output", metavar="FILE", help="Write to a file, instead of STDOUT.")
 def save(images: tuple[str, ...], output: str | None) -> None:
     """Save one or more images to a tar archive (streamed to STDOUT by default)."""
-    if output is None and _interactive(sys.stdout):
-        raise click.ClickException("cowardly refusing to save to a terminal. Use the -o flag or redirect")
-    resp = common.get_client().stream("GET", "/images/get", params={"names": list(images)})
-    with resp:
-        if output is None:
-            out = sys.stdout.buffer
-            for chunk in resp.iter_raw():
-                out.write(chunk)
-            out.flush()
-            return
-        # A temp file renamed at the end: an interrupted save leaves no partial archive.
-        target = os.path.abspath(output)
-        tmp = f"{target}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                for chunk in resp.iter_raw():
-                    f.write(chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+    common.save_stream("/images/get", "GET", {"names": list(images)}, output)
 
 
 # -- rmi / tag / history / inspect / prune ----------------------------------------------------------

@@ -231,23 +231,10 @@ def run_created(client: Any, cid: str, o: RunOptions, *, sig_proxy: bool = True)
         write(cid + "\n")
         return 0
     assert hijacked is not None
-    from pyd.cli.stdio import RawTerminal, copy_output, on_winch, pump_stdin
+    from pyd.cli.stdio import copy_output, tty_session
 
     if o.tty:
-        def resize(rows: int, cols: int) -> None:
-            from pyd.client import Client
-
-            c = Client(client.host, tls=client.tls, version=client.api_version)
-            try:
-                c.post(f"/containers/{cid}/resize", params={"h": rows, "w": cols})
-            finally:
-                c.close()
-
-        on_winch(resize)
-        with RawTerminal():
-            if stdin:
-                pump_stdin(hijacked, half_close=False)
-            copy_output(hijacked, True)
+        tty_session(client, hijacked, stdin=stdin, resize_path=f"/containers/{cid}/resize")
     else:
         if sig_proxy:
             _proxy_signals(client, cid)

@@ -145,3 +145,24 @@ def on_winch(resize: Callable[[int, int], None]) -> None:
 
 def stdin_is_tty() -> bool:
     return sys.stdin is not None and os.isatty(0)
+
+
+def tty_session(client: Any, hijacked: Any, *, stdin: bool, resize_path: str = "") -> None:
+    """A ``-t`` session: the terminal raw while output is copied, our window size sent to
+    ``resize_path`` (``/containers/ID/resize``, ``/exec/ID/resize``) whenever it changes."""
+    if resize_path:
+        def resize(rows: int, cols: int) -> None:
+            from pyd.client import Client
+
+            # its own connection: the hijacked one carries the session
+            c = Client(client.host, tls=client.tls, version=client.api_version)
+            try:
+                c.post(resize_path, params={"h": rows, "w": cols})
+            finally:
+                c.close()
+
+        on_winch(resize)
+    with RawTerminal():
+        if stdin:
+            pump_stdin(hijacked, half_close=False)
+        copy_output(hijacked, True)

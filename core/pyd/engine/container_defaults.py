@@ -18,31 +18,15 @@ from pyd.drivers.execdriver import (
     DEFAULT_READONLY_PATHS as READONLY_PATHS,
 )
 
+from pyd.engine.image_config import EMPTY_CONFIG as EMPTY_IMAGE_CONFIG
+
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
 DEFAULT_STOP_TIMEOUT = 10
 MIN_MEMORY = 6 * 1024 * 1024  # Docker refuses smaller memory limits
 
 # The Config keys inspect shows, in Docker's order, with their "unset" values.
-_CONFIG_TEMPLATE: dict[str, Any] = {
-    "Hostname": "",
-    "Domainname": "",
-    "User": "",
-    "AttachStdin": False,
-    "AttachStdout": False,
-    "AttachStderr": False,
-    "Tty": False,
-    "OpenStdin": False,
-    "StdinOnce": False,
-    "Env": None,
-    "Cmd": None,
-    "Image": "",
-    "Volumes": None,
-    "WorkingDir": "",
-    "Entrypoint": None,
-    "OnBuild": None,
-    "Labels": {},
-}
+_CONFIG_TEMPLATE: dict[str, Any] = {**EMPTY_IMAGE_CONFIG, "Labels": {}}  # a container always shows Labels
 # Keys shown only when set (Go's omitempty).
 CONFIG_OPTIONAL = ("ExposedPorts", "StopSignal", "StopTimeout", "Healthcheck", "ArgsEscaped", "MacAddress", "Shell")
 

@@ -47,7 +47,8 @@ _FIELDS: tuple[tuple[str, bool], ...] = (
     ("StopTimeout", False),
     ("Shell", False),
 )
-_EMPTY: dict[str, Any] = {
+# The Config keys inspect shows, in Docker's order, with their "unset" values.
+EMPTY_CONFIG: dict[str, Any] = {
     "Hostname": "",
     "Domainname": "",
     "User": "",
@@ -84,7 +85,7 @@ VALID_CHANGES = (
 
 def empty_config() -> dict[str, Any]:
     """A container Config with every always-present key empty (``docker import``'s config)."""
-    return dict(_EMPTY)
+    return dict(EMPTY_CONFIG)
 
 
 def ordered_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def ordered_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
             if always or value not in (None, "", False, 0, {}, []):
                 out[key] = value
         elif always:
-            out[key] = _EMPTY[key]
+            out[key] = EMPTY_CONFIG[key]
     out.update(cfg)
     return out
 

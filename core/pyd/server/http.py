@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterable, Mapping
+from typing import Any, AsyncIterable, AsyncIterator, Mapping
 
 from aiohttp import web
 
@@ -73,6 +73,29 @@ async def open_stream(
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     request[STREAM_KEY] = resp
+    return resp
+
+
+async def stream_chunks(
+    request: web.Request,
+    chunks: AsyncIterator[bytes],
+    *,
+    content_type: str = "application/octet-stream",
+    headers: Mapping[str, str] | None = None,
+    first: bytes | None = None,
+) -> web.StreamResponse:
+    """Send ``chunks`` (``first`` before them, if given) as a chunked response and close the
+    iterator whatever happens. A failure after the headers cuts the stream off without its
+    final chunk, so no client takes a truncated archive for a whole one."""
+    try:
+        resp = await open_stream(request, content_type=content_type, headers=headers)
+        if first is not None:
+            await resp.write(first)
+        async for chunk in chunks:
+            await resp.write(chunk)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    await resp.write_eof()
     return resp
 
 

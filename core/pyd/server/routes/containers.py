@@ -25,6 +25,7 @@ from pyd.server.http import (
     open_stream,
     parse_filters,
     query_bool,
+    stream_chunks,
     query_int,
     read_json,
     write_json,
@@ -256,14 +257,7 @@ async def changes(request: web.Request) -> web.Response:
 async def export(request: web.Request) -> web.StreamResponse:
     svc = _svc(request)
     chunks = await svc.export(_id(request))
-    resp = await open_stream(request, content_type="application/octet-stream")
-    try:
-        async for chunk in chunks:
-            await resp.write(chunk)
-    finally:
-        await chunks.aclose()
-    await resp.write_eof()
-    return resp
+    return await stream_chunks(request, chunks)
 
 
 async def archive_head(request: web.Request) -> web.Response:
@@ -273,16 +267,9 @@ async def archive_head(request: web.Request) -> web.Response:
 
 async def archive_get(request: web.Request) -> web.StreamResponse:
     stat, chunks = await _svc(request).archive(_id(request), _path(request))
-    resp = await open_stream(
-        request, content_type="application/x-tar", headers={"X-Docker-Container-Path-Stat": stat}
+    return await stream_chunks(
+        request, chunks, content_type="application/x-tar", headers={"X-Docker-Container-Path-Stat": stat}
     )
-    try:
-        async for chunk in chunks:
-            await resp.write(chunk)
-    finally:
-        await chunks.aclose()
-    await resp.write_eof()
-    return resp
 
 
 async def archive_put(request: web.Request) -> web.Response:

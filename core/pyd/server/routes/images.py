@@ -28,9 +28,9 @@ from pyd.errors import InvalidParameter, NotFound, NotSupported, Unavailable
 from pyd.server.app import ENGINE
 from pyd.server.http import (
     json_response,
-    open_stream,
     parse_filters,
     query_bool,
+    stream_chunks,
     stream_json,
 )
 
@@ -378,17 +378,12 @@ async def _save(request: web.Request, names: list[str]) -> web.StreamResponse:
     chunks = _iterate_in_thread(lambda: svc.save(plan))
     try:
         # The first chunk before the headers: an error in preparing the archive is still an
-        # HTTP error. A later one cuts the stream off (no final chunk), so no client takes a
-        # truncated archive for a whole one.
+        # HTTP error.
         first = await chunks.__anext__()
-        resp = await open_stream(request, content_type="application/x-tar")
-        await resp.write(first)
-        async for chunk in chunks:
-            await resp.write(chunk)
-    finally:
+    except BaseException:
         await chunks.aclose()
-    await resp.write_eof()
-    return resp
+        raise
+    return await stream_chunks(request, chunks, content_type="application/x-tar", first=first)
 
 
 async def save_images(request: web.Request) -> web.StreamResponse:
