@@ -141,8 +141,11 @@ def pyd_kvstore_init(name: str, url: str, home: Path) -> KVStore | None:
     """Return a connected KV store (``pyd.drivers.kvstore.KVStore``) for ``name``.
 
     ``url`` is the ``cluster-store`` value (e.g. ``etcd://127.0.0.1:2379``), or ``""`` for an
-    embedded store; ``home`` is ``<data-root>/kvstore/<name>``. Raise ``Unavailable`` if the
-    store cannot be reached at all.
+    embedded store; ``home`` is ``<data-root>/kvstore/<name>``. Called on first use, from any
+    thread. Must not need the store to be reachable (it may be down when the daemon starts):
+    check the url (``InvalidParameter`` naming it) and return; every method then raises
+    ``Unavailable`` naming the store while it cannot be reached. The daemon calls ``close()``
+    at shutdown.
     """
 
 

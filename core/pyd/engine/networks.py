@@ -189,9 +189,10 @@ class NetworkService(NetworkAttachMixin):
         if name not in installed:
             raise DriverNotInstalled("network", name, installed)
         ctx = NetworkContext(settings=self.settings(), kvstore=self.kv, name_prefix=self.prefix)
-        drv = self.registry.init_driver(
-            Kind.NETWORK, name, home=self.registry.home(self.data_root, Kind.NETWORK, name), context=ctx
-        )
+        home = self.registry.home(self.data_root, Kind.NETWORK, name)
+        # In a worker thread: a driver's init may use libraries that run an event loop of
+        # their own (pyroute2 >= 0.9), which cannot start inside the daemon's loop thread.
+        drv = self._pool.submit(self.registry.init_driver, Kind.NETWORK, name, home=home, context=ctx).result()
         self._drivers[name] = drv
         return drv
 

@@ -54,8 +54,11 @@ class DaemonProcess:
         env: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         storage_driver: str | None = None,
+        netns: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(root)
+        # run inside this network namespace (a bind-mounted netns file): ``nsenter --net=PATH``
+        self.netns = str(netns) if netns is not None else None
         self.data_root = self.root / "data"
         self.config = dict(config or {})
         self.flags = list(flags)
@@ -88,7 +91,9 @@ class DaemonProcess:
 
     def argv(self) -> list[str]:
         """The command line used to start the daemon (``pyd daemon ...``)."""
-        args = [
+        # nsenter execs the daemon (no fork for --net), so ``pid`` stays the daemon's own pid
+        prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
+        args = prefix + [
             sys.executable,
             "-m",
             "pyd.cli.main",
