@@ -9,6 +9,7 @@ the multi-host integration tests drive real daemons, etcd and VXLAN.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import threading
@@ -337,5 +338,33 @@ def test_a_network_removed_while_a_daemon_was_down_is_dropped_at_its_start(root:
         finally:
             await a.close()
             await b.close()
+
+    asyncio.run(main())
+
+
+@needs_root
+def test_a_container_removed_while_the_store_is_away_is_withdrawn_when_it_is_back(root: Path) -> None:  # noqa: F811
+    kv = MemoryKV()
+
+    async def main() -> None:
+        a, _ = host(root, "a", kv)
+        a.cluster.heartbeat = 0.05
+        await a.start()
+        try:
+            await a.create({"Name": "ov", "Driver": "overlay"})
+            await start_container(a, "a" * 64, "web", "ov")
+            ip = a.endpoints[a.cnets["a" * 64].endpoints[a.find("ov").id]].ip
+            def allocated() -> bool:
+                pools = json.loads(kv.data["pyd/ipam/default/GlobalDefault"].value)["pools"]
+                return any(ip in p["allocated"] for p in pools.values())
+
+            assert kv.list("pyd/endpoints/") and allocated()
+            kv.down = True
+            await a.forget_container("a" * 64)  # succeeds: the store's part is left for later
+            assert kv.data.keys() >= {"pyd/ipam/default/GlobalDefault"} and allocated()
+            kv.down = False
+            await until(lambda: not kv.list("pyd/endpoints/") and not allocated())
+        finally:
+            await a.close()
 
     asyncio.run(main())

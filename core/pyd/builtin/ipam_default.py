@@ -26,14 +26,13 @@ import copy
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from pyd.drivers.ipam import Pool
+from pyd.drivers.state import atomic_write
 from pyd.errors import Conflict, InvalidOption, InvalidParameter, NotFound, Unavailable
 from pyd.hookspecs import hookimpl
 
@@ -143,28 +142,6 @@ def _load(data: bytes, where: str) -> Pools:
         raise Unavailable(f'ipam driver "{NAME}": state in {where} is unreadable: {exc}') from exc
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)  # make the rename itself durable
-    finally:
-        os.close(dfd)
-
-
 def _network(value: str, what: str) -> Network:
     try:
         # strict=False: "172.28.5.0/16" means 172.28.0.0/16, as Docker's examples assume.
@@ -233,7 +210,7 @@ class DefaultIpam:
             pools = copy.deepcopy(self._local)
             result = fn(pools)
             if pools != self._local:
-                _atomic_write(self._path, _dump(pools))
+                atomic_write(self._path, _dump(pools))
                 self._local = pools
             return result
 

@@ -16,4 +16,7 @@ fields with defaults, so old drivers keep working.
 | kvstore     | ``pyd.kvstore``    | ``pyd.drivers.kvstore.KVStore``           |
 | authz       | ``pyd.authz``      | ``pyd.drivers.authz.Authorizer``          |
 | security    | ``pyd.security``   | (hooks only: ``pyd_container_prepare``)   |
+
+Helper modules hold no protocol: ``options`` (option parsers), ``state`` (atomic writes, JSON
+records) and ``netlink`` (pyroute2 helpers for network drivers; imported only on demand).
 """

@@ -39,7 +39,7 @@ from pyd.engine.network_hostinfo import read_host_resolv_conf
 from pyd.engine.network_ports import check_port_bindings, inspect_ports, list_ports, requested_bindings, to_records
 from pyd.engine.network_records import Attachment, ContainerNet, EndpointRecord, NetworkRecord
 from pyd.engine.network_sandbox import create_netns, is_netns, remove_netns
-from pyd.errors import Conflict, Forbidden, InvalidParameter, NotFound, PydError
+from pyd.errors import Conflict, Forbidden, InvalidParameter, NotFound, PydError, Unavailable
 
 if TYPE_CHECKING:
     from pyd.engine.networks import NetworkService
@@ -424,6 +424,14 @@ class NetworkAttachMixin:
                 await self._call(allocator.release_address, ep.pool_id, ep.address)
             except NotFound:
                 pass  # the pool is gone with its network
+            except Unavailable as exc:
+                if rec.scope != "global":
+                    log.warning("cannot release address %s of network %s: %s", ep.address, rec.name, exc)
+                else:  # the cluster store is away: released when it is back, never leaked
+                    log.warning("cannot release address %s of network %s now (retried when the cluster store "
+                                "is back): %s", ep.address, rec.name, exc)
+                    self.cluster.defer(f"releasing address {ep.address} of network {rec.name}",
+                                       self.ipam(rec.ipam_driver).release_address, ep.pool_id, ep.address)
             except Exception as exc:
                 log.warning("cannot release address %s of network %s: %s", ep.address, rec.name, exc)
         self.endpoints.pop(ep.id, None)

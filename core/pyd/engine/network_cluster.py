@@ -109,6 +109,8 @@ class ClusterSync:
         self.ttl, self.heartbeat = lease_timing(opts)
         self.remote: dict[str, dict[str, dict[str, Any]]] = {}  # network id -> endpoint id -> entry
         self._mine: dict[str, bytes] = {}  # key -> value of our endpoint entries
+        # changes the store missed while it was away, replayed in order when it is back
+        self._pending: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
         self._lease = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -205,7 +207,34 @@ class ClusterSync:
         try:
             self.kv.delete(key)
         except PydError as exc:
-            log.warning("cannot withdraw endpoint %s from the cluster store: %s", endpoint_id[:12], exc)
+            log.warning("cannot withdraw endpoint %s from the cluster store now (retried when it is back): %s",
+                        endpoint_id[:12], exc)
+            self.defer(f"withdrawing endpoint {endpoint_id[:12]}", self.kv.delete, key)
+
+    def defer(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` once the store answers again (e.g. an address release or a
+        withdrawal that failed while it was away); ``NotFound`` counts as done."""
+        with self._lock:
+            self._pending.append((what, fn, args))
+
+    def _replay(self) -> None:
+        with self._lock:
+            pending = list(self._pending)
+        for item in pending:
+            what, fn, args = item
+            try:
+                fn(*args)
+            except NotFound:
+                pass
+            except PydError as exc:
+                log.debug("%s: the cluster store is still away: %s", what, exc)
+                return  # keep the order: the rest waits too
+            except Exception:
+                log.exception("%s failed; dropped", what)
+            else:
+                log.info("%s: done now that the cluster store is back", what)
+            with self._lock:
+                self._pending.remove(item)
 
     def _ensure_lease(self) -> int:
         with self._lock:
@@ -224,7 +253,9 @@ class ClusterSync:
     def _keepalive(self) -> None:
         while not self._stop.wait(self.heartbeat):
             with self._lock:
-                lease, pending = self._lease, bool(self._mine)
+                lease, pending, missed = self._lease, bool(self._mine), bool(self._pending)
+            if missed:
+                self._replay()
             try:
                 if lease:
                     self.kv.keepalive(lease)

@@ -1,7 +1,8 @@
 """On-disk helpers shared by the engine's services: atomic writes and safe names.
 
-* ``atomic_write``: a crash never leaves a half-written record that reads as complete
-  (temp file in the same directory, fsync, rename, fsync of the directory).
+* ``atomic_write``, ``atomic_write_json``: a crash never leaves a half-written record that
+  reads as complete (temp file in the same directory, fsync, rename, fsync of the directory).
+  The same writer drivers get, from ``pyd.drivers.state``.
 * ``validate_name``: Docker's rules for container, volume, network and image names, checked
   before a name is ever used as a path component or stored.
 * ``safe_join``: join a validated name under a root and refuse anything that escapes it.
@@ -9,56 +10,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any
 
+from pyd.drivers.state import atomic_write, atomic_write_json
 from pyd.errors import InvalidParameter
 
-
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` atomically and durably.
-
-    The temp file lives in the same directory (rename is only atomic within one filesystem);
-    the directory is fsynced after the rename so the new name survives a power cut.
-
-    ``durable=False`` skips both fsyncs (each costs 1-25 ms on a busy disk): the write is still
-    atomic for a crash of the process (readers see the old or the new record), but a power cut
-    may lose it. Only for runtime state that a reboot makes obsolete anyway (a sandbox, a joined
-    endpoint); readers must tolerate a missing or unreadable record.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    if not durable:
-        return
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o600, *, durable: bool = True) -> None:
-    """``atomic_write`` of ``obj`` as compact JSON."""
-    atomic_write(path, json.dumps(obj, separators=(",", ":")).encode(), mode, durable=durable)
+__all__ = ["atomic_write", "atomic_write_json", "safe_join", "validate_name"]
 
 
 # Docker's rules (moby daemon/names, volume/local, distribution/reference). Always used with

@@ -1,7 +1,7 @@
 """The ``bridge`` network driver: ``pyd.drivers.network.NetworkDriver`` + ``NetworkRestorer``.
 
 Per network: a Linux bridge with the gateway address(es), nftables rules in pyd's table
-(``firewall.py``), and per endpoint a veth pair (``links.py``). Published ports are DNAT
+(``firewall.py``), and per endpoint a veth pair (``pyd.drivers.netlink``). Published ports are DNAT
 rules plus a held host socket per port (``ports.py``). State per network is kept in
 ``home`` (``state.py``) so a restarted daemon finds its objects again.
 
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import re
 import socket
 import threading
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Mapping
 
 from pyroute2 import IPRoute
 
+from pyd.drivers import netlink
 from pyd.drivers.network import (
     EndpointInfo,
     EndpointRequest,
@@ -35,8 +34,17 @@ from pyd.drivers.network import (
     NetworkContext,
     NetworkCreateRequest,
     PortBinding,
-    mac_from_ipv4,
+    check_endpoint_address,
+    check_name_prefix,
+    check_sandbox,
+    endpoint_alias,
+    endpoint_mac,
+    gateway_cidrs,
+    gateway_for,
+    known_endpoint,
+    known_network,
     netns_call,
+    short_id,
 )
 from pyd.errors import Conflict, InvalidParameter, NotFound, NotSupported
 
@@ -48,8 +56,6 @@ from pyd_network_bridge.state import EndpointState, NetworkState, PublishedPort,
 log = logging.getLogger(__name__)
 
 NAME = "bridge"
-MAX_PREFIX = 8
-_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 PROC_SYS = Path("/proc/sys")
 
 
@@ -63,12 +69,7 @@ class BridgeDriver:
     scope = "local"
 
     def __init__(self, home: Path, context: NetworkContext) -> None:
-        prefix = context.name_prefix
-        if not _PREFIX.match(prefix) or len(prefix) > MAX_PREFIX:
-            raise InvalidParameter(
-                f'network driver "{NAME}": name prefix "{prefix}" must be 1 to {MAX_PREFIX} '
-                "letters, digits, '_' or '-', starting with a letter"
-            )
+        prefix = check_name_prefix(NAME, context.name_prefix)
         self.home = Path(home)
         self.prefix = prefix
         self.settings = options.Settings.from_context(context.settings, prefix)
@@ -86,57 +87,33 @@ class BridgeDriver:
 
     # -- names ----------------------------------------------------------------------------
 
-    def _short(self, ident: str, room: int) -> str:
-        clean = re.sub(r"[^A-Za-z0-9]", "", ident)
-        return clean[:room]
-
     def _bridge_name(self, network_id: str, opts: Mapping[str, object]) -> str:
         if opts.get(options.BRIDGE_NAME):
             return str(opts[options.BRIDGE_NAME])
         if opts.get(options.DEFAULT_BRIDGE):
             return self.settings.bridge
         # Docker's "br-<12 hex>"; here "<prefix>-<id>" filling IFNAMSIZ.
-        return f"{self.prefix}-{self._short(network_id, options.IFNAMSIZ - len(self.prefix) - 1)}"
+        return f"{self.prefix}-{short_id(network_id, options.IFNAMSIZ - len(self.prefix) - 1)}"
 
     def _veth_name(self, endpoint_id: str) -> str:
         room = options.IFNAMSIZ - len(self.prefix) - 1
-        return f"{self.prefix}v{self._short(endpoint_id, room)}"
-
-    @staticmethod
-    def _alias(endpoint_id: str) -> str:
-        return f"pyd-endpoint:{endpoint_id}"
+        return f"{self.prefix}v{short_id(endpoint_id, room)}"
 
     # -- lookups --------------------------------------------------------------------------
 
     def _network(self, network_id: str) -> NetworkState:
-        st = self.networks.get(network_id)
-        if st is None:
-            raise NotFound(f'network driver "{NAME}": no network with ID {network_id}')
-        return st
+        return known_network(self.networks, network_id, NAME)
 
     def _endpoint(self, network_id: str, endpoint_id: str) -> tuple[NetworkState, EndpointState]:
         st = self._network(network_id)
-        ep = st.endpoints.get(endpoint_id)
-        if ep is None:
-            raise NotFound(f'bridge network "{st.name}": no endpoint with ID {endpoint_id}')
-        return st, ep
+        return st, known_endpoint(st, endpoint_id, NAME)
 
     # -- networks -------------------------------------------------------------------------
 
     def _new_state(self, req: NetworkCreateRequest) -> NetworkState:
         opts = options.coerce_options(req.options)
         default = bool(opts.get(options.DEFAULT_BRIDGE, False))
-        gateways = []
-        for data in req.ipv4:
-            try:
-                pool = ipaddress.IPv4Network(data.pool, strict=False)
-                gw = ipaddress.IPv4Interface(data.gateway).ip if data.gateway else next(pool.hosts())
-            except (ValueError, StopIteration):
-                raise InvalidParameter(
-                    f'bridge network "{req.name}": pool {data.pool!r} with gateway {data.gateway!r} '
-                    "is not an IPv4 subnet with a host address"
-                ) from None
-            gateways.append(f"{gw}/{pool.prefixlen}")
+        gateways = gateway_cidrs(req, f'bridge network "{req.name}"')
         host_ip = str(opts.get(options.HOST_BINDING_IPV4, "") or (self.settings.ip if default else ""))
         return NetworkState(
             network_id=req.network_id,
@@ -192,13 +169,13 @@ class BridgeDriver:
 
     def _setup(self, st: NetworkState, *, adopt_own: bool) -> None:
         with IPRoute() as ipr:
-            index = links.lookup(ipr, st.bridge)
+            index = netlink.lookup(ipr, st.bridge)
             if index is None:
                 index = links.create_bridge(ipr, st.bridge, st.mtu)
                 st.created_bridge = True
                 self._save(st)  # from now on delete_network knows to remove it
             else:
-                kind = links.link_kind(ipr, index)
+                kind = netlink.link_kind(ipr, index)
                 if kind != "bridge":
                     raise Conflict(
                         f'bridge network "{st.name}": an interface named {st.bridge} exists and is '
@@ -209,7 +186,7 @@ class BridgeDriver:
                     log.info("adopting existing bridge %s", st.bridge, extra={"driver": f"network:{NAME}"})
                 self._save(st)
             ipr.link("set", index=index, mtu=st.mtu)
-            links.set_addresses(ipr, index, st.gateways)
+            netlink.add_addresses(ipr, index, st.gateways)
             ipr.link("set", index=index, state="up")
         if self.settings.iptables:
             # Published ports on 127.0.0.1 are routed out of this bridge (see module doc).
@@ -246,11 +223,11 @@ class BridgeDriver:
             last = not any(n for n in self.networks if n != st.network_id)
             self.firewall.remove_network(st.network_id, st.bridge, drop_table=last)
             if st.created_bridge:
-                links.delete_link(ipr, st.bridge)
+                netlink.delete_link(ipr, st.bridge)
             elif touch_adopted:
-                index = links.lookup(ipr, st.bridge)
+                index = netlink.lookup(ipr, st.bridge)
                 if index is not None:
-                    links.remove_addresses(ipr, index, st.gateways)
+                    netlink.remove_addresses(ipr, index, st.gateways)
         self.networks.pop(st.network_id, None)
         self.store.delete(st.network_id)
 
@@ -262,21 +239,11 @@ class BridgeDriver:
 
     def create_endpoint(self, req: EndpointRequest) -> EndpointInfo:
         """Validate and record the endpoint. Its veth pair is made at ``join``, with the peer
-        created directly inside the sandbox (see ``links.create_veth``)."""
+        created directly inside the sandbox (see ``pyd.drivers.netlink.create_veth``)."""
         with self._lock:
             st = self._network(req.network_id)
-            try:
-                iface = ipaddress.IPv4Interface(req.address)
-            except ValueError:
-                raise InvalidParameter(
-                    f'bridge network "{st.name}": endpoint address "{req.address}" is not an IPv4 CIDR'
-                ) from None
-            if not any(iface.ip in ipaddress.IPv4Interface(g).network for g in st.gateways):
-                raise InvalidParameter(
-                    f'bridge network "{st.name}": address {iface.ip} is not in the network\'s '
-                    f"subnets ({', '.join(str(ipaddress.IPv4Interface(g).network) for g in st.gateways)})"
-                )
-            mac = (req.mac_address or mac_from_ipv4(req.address)).lower()
+            iface = check_endpoint_address(f'bridge network "{st.name}"', req.address, st.gateways)
+            mac = endpoint_mac(req)
             old = st.endpoints.get(req.endpoint_id)
             if old is None or (old.address, old.mac) != (str(iface), mac):
                 st.endpoints[req.endpoint_id] = EndpointState(
@@ -298,28 +265,27 @@ class BridgeDriver:
     def _drop_endpoint(self, ipr: IPRoute, st: NetworkState, ep: EndpointState) -> None:
         if ep.ports or ep.endpoint_id in self._reserved:
             self._unpublish(st, ep)
-        links.delete_link(ipr, ep.host_if)  # takes the peer in the sandbox with it
+        netlink.delete_link(ipr, ep.host_if)  # takes the peer in the sandbox with it
 
     # -- sandbox --------------------------------------------------------------------------
 
     def join(self, req: JoinRequest) -> JoinResult:
         with self._lock:
             st, ep = self._endpoint(req.network_id, req.endpoint_id)
-            if not req.netns_path:
-                raise InvalidParameter(f'bridge network "{st.name}": join needs a sandbox (netns path)')
-            if not os.path.exists(req.netns_path):
-                raise NotFound(f'bridge network "{st.name}": sandbox {req.netns_path} does not exist')
+            check_sandbox(f'bridge network "{st.name}"', req.netns_path)
             with IPRoute() as ipr:
                 # A retried join finds its pair in place and only configures it again.
-                again = (ep.netns, ep.ifname) == (req.netns_path, req.ifname) and links.lookup(ipr, ep.host_if)
+                again = (ep.netns, ep.ifname) == (req.netns_path, req.ifname) and netlink.lookup(ipr, ep.host_if)
                 if not again:
-                    bridge = links.lookup(ipr, st.bridge)
+                    bridge = netlink.lookup(ipr, st.bridge)
                     if bridge is None:
                         raise NotFound(f'bridge network "{st.name}": bridge {st.bridge} is gone; restart the daemon')
-                    links.create_veth(
+                    # hairpin: a container reaching its own published port through a host
+                    # address comes back out of the port it came in on (no userland proxy).
+                    netlink.create_veth(
                         ipr,
                         host=ep.host_if,
-                        bridge=bridge,
+                        master=bridge,
                         netns=req.netns_path,
                         ifname=req.ifname,
                         mac=ep.mac,
@@ -328,29 +294,20 @@ class BridgeDriver:
                     )
                     ep.netns, ep.ifname = req.netns_path, req.ifname
                     self._save(st, durable=False)
-                gateway = "" if st.internal else self._gateway_for(st, ep)
+                gateway = "" if st.internal else gateway_for(ep.address, st.gateways)
                 try:
                     netns_call(
                         req.netns_path,
-                        lambda: links.sandbox_configure(
-                            alias=self._alias(ep.endpoint_id), ifname=req.ifname, address=ep.address, gateway=gateway
+                        lambda: netlink.sandbox_configure(
+                            alias=endpoint_alias(ep.endpoint_id), ifname=req.ifname, address=ep.address, gateway=gateway
                         ),
                     )
                 except BaseException:
-                    links.delete_link(ipr, ep.host_if)
+                    netlink.delete_link(ipr, ep.host_if)
                     ep.netns, ep.ifname = "", ""
                     self._save(st, durable=False)
                     raise
             return JoinResult(gateway=gateway, mtu=st.mtu)
-
-    @staticmethod
-    def _gateway_for(st: NetworkState, ep: EndpointState) -> str:
-        ip = ipaddress.IPv4Interface(ep.address).ip
-        for g in st.gateways:
-            gw = ipaddress.IPv4Interface(g)
-            if ip in gw.network:
-                return str(gw.ip)
-        return ""
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         """Delete the veth pair (from the host side: no namespace switch needed). A sandbox
@@ -361,7 +318,7 @@ class BridgeDriver:
             if st is None or ep is None or not ep.netns:
                 return
             with IPRoute() as ipr:
-                links.delete_link(ipr, ep.host_if)
+                netlink.delete_link(ipr, ep.host_if)
             ep.netns, ep.ifname = "", ""
             self._save(st, durable=False)
 

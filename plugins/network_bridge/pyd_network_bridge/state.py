@@ -2,19 +2,16 @@
 
 The driver needs it to find its kernel objects again: after a daemon restart
 (``restore_network``), for ``leave``/``delete_endpoint`` (which get only IDs), and to remove
-exactly an endpoint's published ports. Files are written atomically (temp, fsync, rename).
+exactly an endpoint's published ports. Files are written atomically
+(``pyd.drivers.state.JsonRecords``).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from pyd.drivers.state import JsonRecords
 
 
 @dataclass
@@ -71,48 +68,16 @@ class StateStore:
     """``<home>/networks/<network_id>.json``."""
 
     def __init__(self, home: Path) -> None:
-        self.dir = Path(home) / "networks"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-    def _path(self, network_id: str) -> Path:
-        if not network_id or "/" in network_id or network_id.startswith("."):
-            raise ValueError(f"bad network id {network_id!r}")
-        return self.dir / f"{network_id}.json"
+        self.records = JsonRecords(Path(home) / "networks", owner="network:bridge")
 
     def load_all(self) -> dict[str, NetworkState]:
-        out: dict[str, NetworkState] = {}
-        for p in sorted(self.dir.glob("*.json")):
-            try:
-                st = NetworkState.from_json(json.loads(p.read_text()))
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("ignoring unreadable network state %s: %s", p, exc, extra={"driver": "network:bridge"})
-                continue
-            out[st.network_id] = st
-        return out
+        return {st.network_id: st for st in self.records.load_all(NetworkState.from_json)}
 
     def save(self, st: NetworkState, durable: bool = True) -> None:
         """Replace the network's file atomically. ``durable=False`` skips the fsync (about
         7 ms here): used for endpoint changes, which are cheap to lose in a crash because
         every kernel name is derived from the endpoint ID and the core keeps its own record."""
-        path = self._path(st.network_id)
-        data = json.dumps(asdict(st), indent=1, sort_keys=True).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        self.records.save(st.network_id, asdict(st), durable=durable)
 
     def delete(self, network_id: str) -> None:
-        try:
-            self._path(network_id).unlink()
-        except FileNotFoundError:
-            pass
+        self.records.delete(network_id)

@@ -20,12 +20,7 @@ State (parent, what pyd created, endpoints) is one JSON file per network in ``ho
 from __future__ import annotations
 
 import errno
-import ipaddress
-import json
 import logging
-import os
-import re
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +28,7 @@ from typing import Mapping
 
 from pyroute2 import IPRoute, NetlinkError
 
+from pyd.drivers.netlink import delete_link, lookup
 from pyd.drivers.network import (
     EndpointInfo,
     EndpointRequest,
@@ -40,20 +36,28 @@ from pyd.drivers.network import (
     JoinResult,
     NetworkContext,
     NetworkCreateRequest,
-    PortBinding,
-    mac_from_ipv4,
+    NoExternalConnectivity,
+    check_endpoint_address,
+    check_name_prefix,
+    check_sandbox,
+    endpoint_alias,
+    endpoint_mac,
+    gateway_cidrs,
+    gateway_for,
+    known_endpoint,
+    known_network,
     netns_call,
+    short_id,
 )
+from pyd.drivers.state import JsonRecords
 from pyd.errors import Conflict, InvalidParameter, NotFound, NotSupported
 
 from pyd_network_macvlan import options
-from pyd_network_macvlan.sandbox import lookup, sandbox_configure, sandbox_has, sandbox_remove
+from pyd_network_macvlan.sandbox import sandbox_configure, sandbox_has, sandbox_remove
 
 log = logging.getLogger(__name__)
 
 NAME = "macvlan"
-MAX_PREFIX = 8
-_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
 @dataclass
@@ -87,27 +91,18 @@ def _missing_feature(exc: NetlinkError) -> bool:
     return exc.code in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EAFNOSUPPORT)
 
 
-class MacvlanDriver:
+class MacvlanDriver(NoExternalConnectivity):
+    """Containers on macvlan are reachable at their own addresses: no ports to publish."""
+
     name = NAME
     scope = "local"
 
     def __init__(self, home: Path, context: NetworkContext) -> None:
-        prefix = context.name_prefix
-        if not _PREFIX.match(prefix) or len(prefix) > MAX_PREFIX:
-            raise InvalidParameter(
-                f'network driver "{NAME}": name prefix "{prefix}" must be 1 to {MAX_PREFIX} '
-                "letters, digits, '_' or '-', starting with a letter"
-            )
-        self.prefix = prefix
-        self.dir = Path(home) / "networks"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.networks: dict[str, Network] = {}
-        for p in sorted(self.dir.glob("*.json")):
-            try:
-                net = Network.from_json(json.loads(p.read_text()))
-                self.networks[net.network_id] = net
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("ignoring unreadable network state %s: %s", p, exc, extra={"driver": f"network:{NAME}"})
+        self.prefix = check_name_prefix(NAME, context.name_prefix)
+        self.records = JsonRecords(Path(home) / "networks", owner=f"network:{NAME}")
+        self.networks: dict[str, Network] = {
+            net.network_id: net for net in self.records.load_all(Network.from_json)
+        }
         self._lock = threading.RLock()
 
     def parse_options(self, raw: Mapping[str, str]) -> Mapping[str, object]:
@@ -116,55 +111,24 @@ class MacvlanDriver:
     # -- state ----------------------------------------------------------------------------
 
     def _save(self, net: Network) -> None:
-        if "/" in net.network_id or not net.network_id:
-            raise InvalidParameter(f"bad network id {net.network_id!r}")
-        path = self.dir / f"{net.network_id}.json"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(net), f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        self.records.save(net.network_id, asdict(net))
         self.networks[net.network_id] = net
 
     def _forget(self, network_id: str) -> None:
         self.networks.pop(network_id, None)
-        try:
-            (self.dir / f"{network_id}.json").unlink()
-        except FileNotFoundError:
-            pass
+        self.records.delete(network_id)
 
     def _network(self, network_id: str) -> Network:
-        net = self.networks.get(network_id)
-        if net is None:
-            raise NotFound(f'network driver "{NAME}": no network with ID {network_id}')
-        return net
+        return known_network(self.networks, network_id, NAME)
 
     def _short(self, ident: str) -> str:
-        return re.sub(r"[^A-Za-z0-9]", "", ident)[: options.IFNAMSIZ - len(self.prefix) - 1]
-
-    @staticmethod
-    def _alias(endpoint_id: str) -> str:
-        return f"pyd-endpoint:{endpoint_id}"
+        return short_id(ident, options.IFNAMSIZ - len(self.prefix) - 1)
 
     # -- networks -------------------------------------------------------------------------
 
     def _new(self, req: NetworkCreateRequest) -> Network:
         opts = options.coerce_options(req.options)
-        gateways = []
-        for data in req.ipv4:
-            pool = ipaddress.IPv4Network(data.pool, strict=False)
-            if data.gateway:
-                gateways.append(f"{ipaddress.IPv4Interface(data.gateway).ip}/{pool.prefixlen}")
-            else:
-                gateways.append(f"{next(pool.hosts())}/{pool.prefixlen}")
+        gateways = gateway_cidrs(req, f'macvlan network "{req.name}"')
         parent = str(opts.get(options.PARENT, ""))
         return Network(
             network_id=req.network_id,
@@ -254,13 +218,7 @@ class MacvlanDriver:
     def _remove_parent(self, net: Network) -> None:
         if net.created_parent:
             with IPRoute() as ipr:
-                index = lookup(ipr, net.parent)
-                if index is not None:
-                    try:
-                        ipr.link("del", index=index)
-                    except NetlinkError as exc:
-                        if exc.code != errno.ENODEV:
-                            raise
+                delete_link(ipr, net.parent)
 
     def delete_network(self, network_id: str) -> None:
         with self._lock:
@@ -277,15 +235,8 @@ class MacvlanDriver:
     def create_endpoint(self, req: EndpointRequest) -> EndpointInfo:
         with self._lock:
             net = self._network(req.network_id)
-            try:
-                iface = ipaddress.IPv4Interface(req.address)
-            except ValueError:
-                raise InvalidParameter(
-                    f'macvlan network "{net.name}": endpoint address "{req.address}" is not an IPv4 CIDR'
-                ) from None
-            if not any(iface.ip in ipaddress.IPv4Interface(g).network for g in net.gateways):
-                raise InvalidParameter(f'macvlan network "{net.name}": address {iface.ip} is not in its subnets')
-            mac = (req.mac_address or mac_from_ipv4(req.address)).lower()
+            iface = check_endpoint_address(f'macvlan network "{net.name}"', req.address, net.gateways)
+            mac = endpoint_mac(req)
             ep = Endpoint(req.endpoint_id, str(iface), mac, f"{self.prefix}m{self._short(req.endpoint_id)}")
             net.endpoints[ep.endpoint_id] = ep
             self._save(net)
@@ -303,9 +254,7 @@ class MacvlanDriver:
             parent = lookup(ipr, net.parent)
             if parent is None:
                 raise NotFound(f'macvlan network "{net.name}": parent interface {net.parent} is gone')
-            old = lookup(ipr, ep.link)
-            if old is not None:
-                ipr.link("del", index=old)  # a leftover of an interrupted attempt
+            delete_link(ipr, ep.link)  # a leftover of an interrupted attempt
             kwargs = {} if net.mode == "passthru" else {"address": ep.mac}  # passthru keeps the parent's MAC
             try:
                 ipr.link("add", ifname=ep.link, kind="macvlan", link=parent, macvlan_mode=net.mode, **kwargs)
@@ -318,7 +267,7 @@ class MacvlanDriver:
                 raise
             index = lookup(ipr, ep.link)
             assert index is not None
-            ipr.link("set", index=index, ifalias=self._alias(ep.endpoint_id))
+            ipr.link("set", index=index, ifalias=endpoint_alias(ep.endpoint_id))
             return str(ipr.get_links(index)[0].get("address"))
 
     def delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
@@ -334,25 +283,16 @@ class MacvlanDriver:
         if ep.netns:
             self._leave_sandbox(ep)
         with IPRoute() as ipr:
-            index = lookup(ipr, ep.link)
-            if index is not None:
-                try:
-                    ipr.link("del", index=index)
-                except NetlinkError as exc:
-                    if exc.code != errno.ENODEV:
-                        raise
+            delete_link(ipr, ep.link)
 
     # -- sandbox --------------------------------------------------------------------------
 
     def join(self, req: JoinRequest) -> JoinResult:
         with self._lock:
             net = self._network(req.network_id)
-            ep = net.endpoints.get(req.endpoint_id)
-            if ep is None:
-                raise NotFound(f'macvlan network "{net.name}": no endpoint with ID {req.endpoint_id}')
-            if not req.netns_path or not os.path.exists(req.netns_path):
-                raise NotFound(f'macvlan network "{net.name}": sandbox "{req.netns_path}" does not exist')
-            alias = self._alias(ep.endpoint_id)
+            ep = known_endpoint(net, req.endpoint_id, NAME)
+            check_sandbox(f'macvlan network "{net.name}"', req.netns_path)
+            alias = endpoint_alias(ep.endpoint_id)
             with IPRoute() as ipr:
                 index = lookup(ipr, ep.link)
                 if index is None and not netns_call(req.netns_path, lambda: sandbox_has(alias)):
@@ -360,7 +300,7 @@ class MacvlanDriver:
                     index = lookup(ipr, ep.link)
                 if index is not None:
                     ipr.link("set", index=index, net_ns_fd=req.netns_path)
-            gateway = "" if net.internal else self._gateway_for(net, ep)
+            gateway = "" if net.internal else gateway_for(ep.address, net.gateways)
             try:
                 netns_call(
                     req.netns_path,
@@ -380,15 +320,6 @@ class MacvlanDriver:
             self._save(net)
             return JoinResult(gateway=gateway)
 
-    @staticmethod
-    def _gateway_for(net: Network, ep: Endpoint) -> str:
-        ip = ipaddress.IPv4Interface(ep.address).ip
-        for g in net.gateways:
-            gw = ipaddress.IPv4Interface(g)
-            if ip in gw.network:
-                return str(gw.ip)
-        return ""
-
     def leave(self, network_id: str, endpoint_id: str) -> None:
         with self._lock:
             net = self.networks.get(network_id)
@@ -400,20 +331,8 @@ class MacvlanDriver:
             self._save(net)
 
     def _leave_sandbox(self, ep: Endpoint) -> None:
-        alias = self._alias(ep.endpoint_id)
+        alias = endpoint_alias(ep.endpoint_id)
         try:
             netns_call(ep.netns, lambda: sandbox_remove(alias))
         except OSError as exc:  # the sandbox is gone, and its interfaces with it
             log.debug("sandbox %s unusable at leave: %s", ep.netns, exc, extra={"driver": f"network:{NAME}"})
-
-    # -- ports ----------------------------------------------------------------------------
-
-    def program_external_connectivity(
-        self, network_id: str, endpoint_id: str, ports: list[PortBinding]
-    ) -> list[PortBinding]:
-        # Containers on macvlan are reachable at their own addresses; nothing to publish.
-        return []
-
-    def revoke_external_connectivity(self, network_id: str, endpoint_id: str) -> None:
-        pass
-

@@ -1,32 +1,20 @@
-"""Netlink work inside a sandbox (run through ``pyd.drivers.network.netns_call``)."""
+"""Netlink work inside a sandbox (run through ``pyd.drivers.network.netns_call``).
+
+The endpoint's sub-interface arrives under its host name and is renamed to ``ifname`` here;
+it carries the endpoint's alias, so it is found again under either name.
+"""
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-from typing import Any
+from pyroute2 import IPRoute
 
-from pyroute2 import IPRoute, NetlinkError
-
+from pyd.drivers.netlink import configure_link, delete_index, find_by_alias, lookup
 from pyd.errors import Conflict
-
-
-def lookup(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def find_by_alias(ipr: IPRoute, alias: str) -> Any | None:
-    for link in ipr.get_links():
-        if link.get("ifalias") == alias:
-            return link
-    return None
 
 
 def sandbox_configure(*, alias: str, name: str, ifname: str, mac: str, address: str, gateway: str) -> None:
     """Rename the endpoint's interface to ``ifname``, set MAC and address, bring it and ``lo``
     up, and add a default route via ``gateway`` if there is none yet."""
-    iface = ipaddress.IPv4Interface(address)
     with IPRoute() as ipr:
         link = find_by_alias(ipr, alias)
         index = link["index"] if link is not None else lookup(ipr, name)
@@ -38,29 +26,7 @@ def sandbox_configure(*, alias: str, name: str, ifname: str, mac: str, address: 
         if other is None:
             ipr.link("set", index=index, state="down")
             ipr.link("set", index=index, ifname=ifname)
-        if mac:
-            ipr.link("set", index=index, address=mac)
-        try:
-            ipr.addr(
-                "add",
-                index=index,
-                address=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
-                broadcast=str(iface.network.broadcast_address),
-            )
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-        ipr.link("set", index=index, state="up")
-        lo = lookup(ipr, "lo")
-        if lo is not None:
-            ipr.link("set", index=lo, state="up")
-        if gateway and not ipr.get_default_routes(family=2):
-            try:
-                ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
+        configure_link(ipr, index, address=address, gateway=gateway, mac=mac)
 
 
 def sandbox_has(alias: str) -> bool:
@@ -73,9 +39,5 @@ def sandbox_remove(alias: str) -> bool:
         link = find_by_alias(ipr, alias)
         if link is None:
             return False
-        try:
-            ipr.link("del", index=link["index"])
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise
+        delete_index(ipr, link["index"])
         return True

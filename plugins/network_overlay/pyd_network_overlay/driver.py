@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
 import threading
 from pathlib import Path
@@ -26,21 +25,33 @@ from typing import Mapping
 
 from pyroute2 import IPRoute, NetlinkError
 
+from pyd.drivers import netlink
 from pyd.drivers.kvstore import KVStore
 from pyd.drivers.network import (
+    IFNAMSIZ,
     EndpointInfo,
     EndpointRequest,
     JoinRequest,
     JoinResult,
     NetworkContext,
     NetworkCreateRequest,
-    PortBinding,
-    mac_from_ipv4,
+    NoExternalConnectivity,
+    check_endpoint_address,
+    check_name_prefix,
+    check_sandbox,
+    create_netns,
+    endpoint_mac,
+    gateway_cidrs,
+    is_netns,
+    known_endpoint,
+    known_network,
     netns_call,
+    remove_netns,
+    short_id,
 )
-from pyd.errors import InvalidParameter, NotFound, NotSupported
+from pyd.errors import InvalidParameter, NotSupported
 
-from pyd_network_overlay import cluster, links, netns, options
+from pyd_network_overlay import cluster, links, options
 from pyd_network_overlay.links import Peer
 from pyd_network_overlay.peers import PeerSync
 from pyd_network_overlay.state import Endpoint, Network, StateStore
@@ -48,25 +59,19 @@ from pyd_network_overlay.state import Endpoint, Network, StateStore
 log = logging.getLogger(__name__)
 
 NAME = "overlay"
-MAX_PREFIX = 8
-IFNAMSIZ = 15
-_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _EXTRA = {"driver": f"network:{NAME}"}
 
 
-class OverlayDriver:
+class OverlayDriver(NoExternalConnectivity):
+    """Publishes no ports: they live on the gateway bridge network, not on the overlay."""
+
     name = NAME
     scope = "global"
     # The engine also connects each container to a local bridge network for the way out.
     needs_gateway_bridge = True
 
     def __init__(self, home: Path, context: NetworkContext) -> None:
-        prefix = context.name_prefix
-        if not _PREFIX.match(prefix) or len(prefix) > MAX_PREFIX:
-            raise InvalidParameter(
-                f'network driver "{NAME}": name prefix "{prefix}" must be 1 to {MAX_PREFIX} '
-                "letters, digits, '_' or '-', starting with a letter"
-            )
+        prefix = check_name_prefix(NAME, context.name_prefix)
         if context.kvstore is None:
             raise NotSupported(
                 f'network driver "{NAME}" needs a cluster store: install pyd-kvstore-local (the default '
@@ -99,17 +104,11 @@ class OverlayDriver:
     # -- helpers --------------------------------------------------------------------------
 
     def _network(self, network_id: str) -> Network:
-        net = self.networks.get(network_id)
-        if net is None:
-            raise NotFound(f'network driver "{NAME}": no network with ID {network_id}')
-        return net
+        return known_network(self.networks, network_id, NAME)
 
     def _endpoint(self, network_id: str, endpoint_id: str) -> tuple[Network, Endpoint]:
         net = self._network(network_id)
-        ep = net.endpoints.get(endpoint_id)
-        if ep is None:
-            raise NotFound(f'overlay network "{net.name}": no endpoint with ID {endpoint_id}')
-        return net, ep
+        return net, known_endpoint(net, endpoint_id, NAME)
 
     def _netns_path(self, network_id: str) -> Path:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", network_id):
@@ -122,22 +121,13 @@ class OverlayDriver:
 
     @staticmethod
     def _veth_name(endpoint_id: str) -> str:
-        return "veth" + re.sub(r"[^A-Za-z0-9]", "", endpoint_id)[: IFNAMSIZ - 4]
+        return "veth" + short_id(endpoint_id, IFNAMSIZ - 4)
 
     def _mtu(self, opts: Mapping[str, object]) -> int:
         if options.MTU in opts:
             return int(opts[options.MTU])  # type: ignore[call-overload]
         underlay = self.underlay_mtu or self.settings.mtu or 1500
         return max(options.MTU_MIN, underlay - options.VXLAN_OVERHEAD)
-
-    @staticmethod
-    def _gateways(req: NetworkCreateRequest) -> list[str]:
-        out = []
-        for data in req.ipv4:
-            pool = ipaddress.IPv4Network(data.pool, strict=False)
-            gw = ipaddress.IPv4Interface(data.gateway).ip if data.gateway else next(pool.hosts())
-            out.append(f"{gw}/{pool.prefixlen}")
-        return out
 
     # -- networks -------------------------------------------------------------------------
 
@@ -154,7 +144,7 @@ class OverlayDriver:
                 )
                 net = Network(
                     network_id=req.network_id, name=req.name, vni=vni, mtu=self._mtu(opts),
-                    gateways=self._gateways(req), netns=str(self._netns_path(req.network_id)),
+                    gateways=gateway_cidrs(req, f'overlay network "{req.name}"'), netns=str(self._netns_path(req.network_id)),
                 )
                 try:
                     self._ensure(net)
@@ -202,8 +192,7 @@ class OverlayDriver:
 
     def _ensure(self, net: Network) -> None:
         """Make whatever of the namespace, ``vxlan0`` and ``br0`` is missing."""
-        path = Path(net.netns)
-        netns.create(path)
+        create_netns(net.netns)
         current = netns_call(net.netns, links.overlay_vni)
         if current is not None and current != net.vni:
             netns_call(net.netns, links.overlay_teardown)
@@ -214,15 +203,14 @@ class OverlayDriver:
         netns_call(net.netns, lambda: links.overlay_setup(moved=moved, gateways=net.gateways, mtu=net.mtu))
 
     def _teardown(self, net: Network) -> None:
-        path = Path(net.netns)
-        if path.exists() and netns.is_mounted(path):
+        if is_netns(net.netns):
             try:
                 netns_call(net.netns, links.overlay_teardown)
             except OSError as exc:
-                log.warning("cannot empty namespace %s: %s", path, exc, extra=_EXTRA)
-        netns.remove(path)
+                log.warning("cannot empty namespace %s: %s", net.netns, exc, extra=_EXTRA)
+        remove_netns(net.netns)
         with IPRoute() as ipr:  # a VXLAN device an interrupted create left here
-            links.delete_link(ipr, self._vxlan_name(net.vni))
+            netlink.delete_link(ipr, self._vxlan_name(net.vni))
 
     def delete_network(self, network_id: str) -> None:
         with self._lock:
@@ -231,7 +219,7 @@ class OverlayDriver:
             net = self.networks.get(network_id)
             if net is None:
                 try:
-                    netns.remove(self._netns_path(network_id))  # a leftover without state
+                    remove_netns(self._netns_path(network_id))  # a leftover without state
                 except InvalidParameter:
                     pass
                 return
@@ -250,16 +238,8 @@ class OverlayDriver:
     def create_endpoint(self, req: EndpointRequest) -> EndpointInfo:
         with self._lock:
             net = self._network(req.network_id)
-            try:
-                iface = ipaddress.IPv4Interface(req.address)
-            except ValueError:
-                raise InvalidParameter(
-                    f'overlay network "{net.name}": endpoint address "{req.address}" is not an IPv4 CIDR'
-                ) from None
-            if not any(iface.ip in ipaddress.IPv4Interface(g).network for g in net.gateways):
-                subnets = ", ".join(str(ipaddress.IPv4Interface(g).network) for g in net.gateways)
-                raise InvalidParameter(f'overlay network "{net.name}": address {iface.ip} is not in {subnets}')
-            mac = (req.mac_address or mac_from_ipv4(req.address)).lower()
+            iface = check_endpoint_address(f'overlay network "{net.name}"', req.address, net.gateways)
+            mac = endpoint_mac(req)
             ep = net.endpoints.get(req.endpoint_id)
             if ep is None:
                 ep = Endpoint(req.endpoint_id, str(iface), mac, self._veth_name(req.endpoint_id))
@@ -281,11 +261,8 @@ class OverlayDriver:
     def join(self, req: JoinRequest) -> JoinResult:
         with self._lock:
             net, ep = self._endpoint(req.network_id, req.endpoint_id)
-            if not req.netns_path:
-                raise InvalidParameter(f'overlay network "{net.name}": join needs a sandbox (netns path)')
-            if not os.path.exists(req.netns_path):
-                raise NotFound(f'overlay network "{net.name}": sandbox {req.netns_path} does not exist')
-            if not netns.is_mounted(Path(net.netns)):
+            check_sandbox(f'overlay network "{net.name}"', req.netns_path)
+            if not is_netns(net.netns):
                 self._ensure(net)  # someone removed the namespace: make it again
             again = (ep.netns, ep.ifname) == (req.netns_path, req.ifname) and netns_call(
                 net.netns, lambda: links.overlay_has(ep.veth)
@@ -300,7 +277,8 @@ class OverlayDriver:
                 ep.netns, ep.ifname = req.netns_path, req.ifname
                 self.store.save(net)
             try:
-                netns_call(req.netns_path, lambda: links.sandbox_configure(ifname=req.ifname, address=ep.address))
+                # No gateway: containers go out through the gateway bridge network.
+                netns_call(req.netns_path, lambda: netlink.sandbox_configure(ifname=req.ifname, address=ep.address))
             except BaseException:
                 netns_call(net.netns, lambda: links.overlay_detach(ep.veth))
                 ep.netns, ep.ifname = "", ""
@@ -357,17 +335,6 @@ class OverlayDriver:
                 except (OSError, LookupError, NetlinkError) as exc:
                     self.programmed.pop(network_id, None)  # read back from the kernel next time
                     log.warning("cannot program peers of overlay network %s: %s", net.name, exc, extra=_EXTRA)
-
-    # -- ports ----------------------------------------------------------------------------
-
-    def program_external_connectivity(
-        self, network_id: str, endpoint_id: str, ports: list[PortBinding]
-    ) -> list[PortBinding]:
-        # Published ports live on the gateway bridge network, not on the overlay.
-        return []
-
-    def revoke_external_connectivity(self, network_id: str, endpoint_id: str) -> None:
-        pass
 
 
 __all__ = ["OverlayDriver"]

@@ -1,21 +1,22 @@
-"""Netlink work of the overlay driver (pyroute2).
+"""Netlink work of the overlay driver (pyroute2): the VXLAN device, ``br0`` and its peers.
 
-Functions taking ``ipr`` work in the namespace that ``ipr``'s socket belongs to. Those named
-``overlay_*`` and ``sandbox_*`` open their own ``IPRoute`` and are meant to run inside
-``pyd.drivers.network.netns_call`` for the network's namespace or the container's sandbox.
+Functions named ``overlay_*`` open their own ``IPRoute`` and are meant to run inside
+``pyd.drivers.network.netns_call`` for the network's namespace. The generic pieces (links,
+addresses, veth pairs, the sandbox side) come from ``pyd.drivers.netlink``.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-import secrets
 import socket
 from typing import Iterable
 
 from pyroute2 import IPRoute, NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
+from pyd.drivers.netlink import add_addresses, create_veth, delete_index, delete_link, lookup
+from pyd.drivers.network import random_mac
 from pyd.errors import Conflict, InvalidParameter, NotSupported
 
 BRIDGE = "br0"
@@ -26,27 +27,6 @@ NTF_SELF = ndmsg.NTF_SELF
 
 # A programmed peer: (ip, mac, vtep); ip or vtep may be "" for half entries found in the kernel.
 Peer = tuple[str, str, str]
-
-
-def lookup(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def delete_link(ipr: IPRoute, name: str) -> bool:
-    index = lookup(ipr, name)
-    if index is None:
-        return False
-    try:
-        ipr.link("del", index=index)
-    except NetlinkError as exc:
-        if exc.code != errno.ENODEV:
-            raise
-    return True
-
-
-def random_mac() -> str:
-    return "02:42:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
 
 
 # -- the underlay (daemon's namespace) --------------------------------------------------------
@@ -162,16 +142,7 @@ def overlay_setup(*, moved: str, gateways: Iterable[str], mtu: int) -> None:
             br = lookup(ipr, BRIDGE)
             assert br is not None
         ipr.link("set", index=br, mtu=mtu)
-        for cidr in gateways:
-            iface = ipaddress.IPv4Interface(cidr)
-            try:
-                ipr.addr(
-                    "add", index=br, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                    broadcast=str(iface.network.broadcast_address),
-                )
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
+        add_addresses(ipr, br, gateways)
         ipr.link("set", index=vx, master=br)
         ipr.link("set", index=vx, mtu=mtu, state="up")
         ipr.link("set", index=br, state="up")
@@ -187,36 +158,17 @@ def overlay_teardown() -> None:
         for link in ipr.get_links():
             name = link.get("IFLA_IFNAME")
             if name and name != "lo":
-                try:
-                    ipr.link("del", index=link["index"])
-                except NetlinkError as exc:
-                    if exc.code != errno.ENODEV:
-                        raise
+                delete_index(ipr, link["index"])
 
 
 def overlay_attach(*, host: str, sandbox: str, ifname: str, mac: str, mtu: int) -> None:
     """A veth pair: ``host`` on ``br0`` here, its peer made directly in ``sandbox`` as
     ``ifname`` with the endpoint's MAC (no move, no rename)."""
     with IPRoute() as ipr:
-        delete_link(ipr, host)
         br = lookup(ipr, BRIDGE)
         if br is None:
             raise LookupError(f"{BRIDGE} is missing in the overlay namespace")
-        peer = {"ifname": ifname, "net_ns_fd": sandbox, "address": mac, "mtu": mtu}
-        try:
-            ipr.link("add", ifname=host, kind="veth", mtu=mtu, peer=peer)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:  # ``host`` was just removed: the clash is in the sandbox
-                raise Conflict(f"the sandbox already has an interface named {ifname}") from exc
-            raise
-        try:
-            index = lookup(ipr, host)
-            assert index is not None
-            ipr.link("set", index=index, master=br)
-            ipr.link("set", index=index, state="up")
-        except BaseException:
-            delete_link(ipr, host)
-            raise
+        create_veth(ipr, host=host, master=br, netns=sandbox, ifname=ifname, mac=mac, mtu=mtu)
 
 
 def overlay_has(name: str) -> bool:
@@ -277,28 +229,3 @@ def _ignore_missing(fn: object) -> None:
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
             raise
-
-
-# -- inside the sandbox -----------------------------------------------------------------------
-
-
-def sandbox_configure(*, ifname: str, address: str) -> None:
-    """Address and bring up ``ifname``; ``lo`` up. No default route: containers go out
-    through the gateway bridge network the engine also connects them to."""
-    iface = ipaddress.IPv4Interface(address)
-    with IPRoute() as ipr:
-        index = lookup(ipr, ifname)
-        if index is None:
-            raise LookupError(f"interface {ifname} is not in the sandbox")
-        try:
-            ipr.addr(
-                "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                broadcast=str(iface.network.broadcast_address),
-            )
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-        ipr.link("set", index=index, state="up")
-        lo = lookup(ipr, "lo")
-        if lo is not None:
-            ipr.link("set", index=lo, state="up")

@@ -3,14 +3,10 @@ restarted daemon finds its namespaces and endpoints again without the cluster st
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from pyd.drivers.state import JsonRecords
 
 
 @dataclass
@@ -40,36 +36,18 @@ class Network:
 
 
 class StateStore:
+    """``<home>/networks/<network_id>.json``."""
+
     def __init__(self, home: Path) -> None:
-        self.dir = Path(home) / "networks"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.records = JsonRecords(Path(home) / "networks", owner="network:overlay")
 
     def load_all(self) -> dict[str, Network]:
-        out: dict[str, Network] = {}
-        for p in sorted(self.dir.glob("*.json")):
-            try:
-                net = Network.from_json(json.loads(p.read_text()))
-                out[net.network_id] = net
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("ignoring unreadable network state %s: %s", p, exc, extra={"driver": "network:overlay"})
-        return out
+        return {net.network_id: net for net in self.records.load_all(Network.from_json)}
 
     def save(self, net: Network) -> None:
-        path = self.dir / f"{net.network_id}.json"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(net), f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        # Not fsynced: a lost file costs nothing a restart cannot redo (restore_network makes
+        # the network again from the cluster store, and the core keeps its endpoints).
+        self.records.save(net.network_id, asdict(net), durable=False)
 
     def remove(self, network_id: str) -> None:
-        try:
-            (self.dir / f"{network_id}.json").unlink()
-        except FileNotFoundError:
-            pass
+        self.records.delete(network_id)
