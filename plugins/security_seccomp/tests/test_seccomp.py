@@ -245,3 +245,14 @@ def test_ordinary_programs_run_under_the_default_profile(ctx: Any) -> None:
     assert r.out.split() == ["ok", "0", "Seccomp:", "2"], r.out
     r = ctx.run(["sh", "-c", "mount -t tmpfs none /mnt"], seccomp_filter=seccomp, capabilities=all_caps())
     assert r.exit_code != 0 and "permission denied" in r.err.lower(), r.err
+
+
+@pytest.mark.integration
+def test_reading_the_clock_state_is_allowed_setting_it_is_not(ctx: Any) -> None:
+    # glibc's adjtimex() is clock_adjtime(CLOCK_REALTIME): Docker's profile allows it and the
+    # kernel itself wants CAP_SYS_TIME for any change (Docker's default set lacks it)
+    seccomp = prepared(info()).seccomp_filter
+    r = ctx.run(["adjtimex"], seccomp_filter=seccomp, capabilities=list(DEFAULT_CAPABILITIES))
+    assert r.exit_code == 0 and "offset" in r.out, r.err
+    r = ctx.run(["adjtimex", "-o", "1"], seccomp_filter=seccomp, capabilities=list(DEFAULT_CAPABILITIES))
+    assert r.exit_code != 0 and "not permitted" in r.err, (r.out, r.err)
