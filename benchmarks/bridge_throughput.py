@@ -12,7 +12,8 @@ makes (no traffic leaves them):
 * the driver's endpoint life cycle: create_endpoint + join, and leave + delete_endpoint,
   median and 90th percentile of ``-n`` rounds on one sandbox.
 
-Runs alternate (bridge, veth, bridge, ...) so drift on a shared machine hits both alike.
+Runs alternate (bridge, veth, bridge, ...) so drift on a shared machine hits both alike. The
+iperf3 parts live in ``_netbench.py`` (shared with ``network_docker.py``).
 Everything made is removed at the end, also on failure.
 """
 
@@ -24,43 +25,17 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pyd.drivers.network import EndpointRequest, JoinRequest
-from pyd.testing.network import NetEnv, Sandbox
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _netbench import measure, sandbox_runner, serve_in, veth_pair  # noqa: E402
 
-def iperf(server: Sandbox, client: Sandbox, server_ip: str, seconds: int) -> float:
-    """Gbit/s received by ``server`` from ``client`` over one TCP stream."""
-    proc = server.start("iperf3", "-s", "-1", "-B", server_ip)
-    try:
-        for _ in range(100):  # wait until it listens
-            if f"{server_ip}:5201" in server.run("busybox", "netstat", "-ltn").stdout:
-                break
-            time.sleep(0.05)
-        out = client.run("iperf3", "-c", server_ip, "-t", str(seconds), "-J", timeout=seconds + 30).stdout
-        doc = json.loads(out)
-        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
-    finally:
-        proc.wait(timeout=10)
-
-
-def veth_pair(env: NetEnv) -> tuple[Sandbox, Sandbox, str]:
-    a, b = env.sandbox(), env.sandbox()
-    ha, hb = f"{env.prefix}a", f"{env.prefix}b"
-    env.extra_links += [ha, hb]
-    subprocess.run(["ip", "link", "add", ha, "type", "veth", "peer", "name", hb], check=True)
-    subprocess.run(["ip", "link", "set", ha, "netns", str(a.path)], check=True)
-    subprocess.run(["ip", "link", "set", hb, "netns", str(b.path)], check=True)
-    for sb, name, addr in ((a, ha, "10.199.255.1/30"), (b, hb, "10.199.255.2/30")):
-        sb.run("ip", "addr", "add", addr, "dev", name)
-        sb.run("ip", "link", "set", name, "up")
-        sb.run("ip", "link", "set", "lo", "up")
-    return a, b, "10.199.255.2"
+from pyd.drivers.network import EndpointRequest, JoinRequest  # noqa: E402
+from pyd.testing.network import NetEnv  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -93,11 +68,13 @@ def main() -> int:
         eb = env.attach(net, b)
         bridge_ip = eb.address.split("/")[0]
         va, vb, veth_ip = veth_pair(env)
+        serve_in(b, bridge_ip)
+        serve_in(vb, veth_ip)
 
         bridge_gbps, veth_gbps = [], []
         for _ in range(args.r):
-            bridge_gbps.append(iperf(b, a, bridge_ip, args.t))
-            veth_gbps.append(iperf(vb, va, veth_ip, args.t))
+            bridge_gbps.append(measure(sandbox_runner(a), bridge_ip, args.t))
+            veth_gbps.append(measure(sandbox_runner(va), veth_ip, args.t))
 
         sb = env.sandbox()
         up, down = [], []

@@ -130,6 +130,24 @@ def test_exit_codes_propagate(daemon):
     assert nosuch.returncode == 125 and b"No such image" in nosuch.stderr
 
 
+def test_init_is_pid_1_forwards_signals_and_passes_the_exit_code(daemon):
+    if not any(os.access(p, os.X_OK) for p in ("/usr/bin/tini-static", "/usr/bin/tini", "/usr/bin/docker-init")):
+        pytest.skip("no init binary on this host: install the Debian package tini")
+    # pid 1 is the init (bind-mounted read-only at /sbin/docker-init, as Docker's), the
+    # command its child, and the command's exit code comes back
+    proc = run(daemon, "--rm", "--init", "busybox", "sh", "-c", "tr '\\0' ' ' </proc/1/cmdline; exit 7")
+    assert proc.returncode == 7, (proc.stdout, proc.stderr)
+    assert proc.stdout.decode().startswith("/sbin/docker-init -- sh -c"), proc.stdout
+    # a command that is not pid 1 dies of SIGTERM: stop is quick and the code is 143, where
+    # `sleep` as pid 1 ignores it and is killed after the timeout (137)
+    cid = detached(daemon, "--init", "busybox", "sleep", "60")
+    t = time.monotonic()
+    ok(pyd(daemon.host, "stop", "-t", "20", cid))
+    assert time.monotonic() - t < 10
+    assert json.loads(ok(pyd(daemon.host, "inspect", cid)))[0]["State"]["ExitCode"] == 143
+    ok(pyd(daemon.host, "rm", cid))
+
+
 def test_stdin_is_piped_into_the_container(daemon):
     out = run(daemon, "-i", "--rm", "busybox", "cat", stdin=b"hi\n")
     assert ok(out) == "hi\n"
