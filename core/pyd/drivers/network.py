@@ -31,6 +31,19 @@ so that several daemons (tests) never collide and leftovers are easy to find.
 
 A driver may keep state in its ``home`` (``<data-root>/network/<name>``) to find its kernel
 objects again after a daemon restart (``NetworkRestorer``).
+
+Global scope (``scope = "global"``, e.g. ``overlay``): the core keeps the network's record in
+the cluster store (``NetworkContext.kvstore``) and calls ``create_network`` on every host that
+learns of it, ``delete_network`` on every host when it is removed (and at daemon shutdown, as
+for local networks). Optional attributes and methods the core looks for:
+
+* ``needs_gateway_bridge = True``: the driver gives containers no way out (no gateway in
+  ``JoinResult``); the core then also joins them to the host's ``<prefix>_gwbridge`` bridge
+  network (Docker's ``docker_gwbridge``), where their default route and published ports go.
+* ``forget_network(network_id)``: called once, on the host where the network was removed,
+  after its ``delete_network``: free cluster-wide state (e.g. the VNI). ``delete_network``
+  alone must keep it, since it also runs at shutdown and on the other hosts.
+* ``cleanup()``: called at daemon shutdown (stop threads; kernel objects stay as they are).
 """
 
 from __future__ import annotations
