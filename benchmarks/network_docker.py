@@ -167,6 +167,8 @@ def main() -> int:
                 dk.load_image(archive)
             else:
                 print("(dockerd not installed: apt-get install docker.io for the comparison)", file=sys.stderr)
+        # the same image on both sides: pyd's image ID is the config digest docker load computes
+        image_ids = {e.name: must(e, "image", "inspect", "--format", "{{.Id}}", IPERF3_IMAGE).strip() for e in engines}
         subnets = {}
         for i, e in enumerate(engines):
             bridges[e.name] = f"pbn{tag}{i}"
@@ -212,7 +214,8 @@ def main() -> int:
         "install": install, "storage_driver": driver, "cpus": os.cpu_count(), "kernel": platform.release(),
         "python": platform.python_version(), "load_average": [round(load0, 2), round(load1, 2)],
         "runs": args.runs, "reps": args.reps, "seconds_per_iperf3_run": args.seconds,
-        "iperf3_seccomp": "unconfined" if args.unconfined else "default", "results": results,
+        "iperf3_seccomp": "unconfined" if args.unconfined else "default", "iperf3_image_ids": image_ids,
+        "results": results,
     }
     print_table(report)
     if args.json:
@@ -255,6 +258,7 @@ def print_table(report: dict) -> None:
           f"{report['python']}, storage {report['storage_driver']}, load average {report['load_average'][0]} -> "
           f"{report['load_average'][1]}; {report['runs']} runs, {report['reps']} iperf3 runs each, seccomp "
           f"{report['iperf3_seccomp']}")
+    print("iperf3 image: " + ", ".join(f"{n} {i[:19]}" for n, i in report["iperf3_image_ids"].items()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))

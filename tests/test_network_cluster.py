@@ -9,13 +9,14 @@ the multi-host integration tests drive real daemons, etcd and VXLAN.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
@@ -178,6 +179,21 @@ def host(root: Path, name: str, kv: MemoryKV) -> tuple[NetworkService, dict[str,
     return svc, drivers
 
 
+@contextlib.asynccontextmanager
+async def started(root: Path, kv: MemoryKV, *names: str) -> AsyncIterator[list[tuple[NetworkService, dict[str, FakeDriver]]]]:
+    """Network services on hosts ``names`` sharing ``kv``: started, then closed (containers first)."""
+    hosts = [host(root, name, kv) for name in names]
+    try:
+        for svc, _ in hosts:
+            await svc.start()
+        yield hosts
+    finally:
+        for svc, _ in hosts:
+            for cid in list(svc.cnets):
+                await svc.forget_container(cid)
+            await svc.close()
+
+
 async def until(predicate: Any, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -200,11 +216,7 @@ def test_a_global_network_is_shared_by_every_host(root: Path) -> None:  # noqa: 
     kv = MemoryKV()
 
     async def main() -> None:
-        a, da = host(root, "a", kv)
-        b, db = host(root, "b", kv)
-        await a.start()
-        await b.start()
-        try:
+        async with started(root, kv, "a", "b") as [(a, da), (b, db)]:
             created = await a.create({"Name": "ov", "Driver": "overlay"})
             await until(lambda: any(c[0] == "create_network" for c in db["overlay"].calls))
             doc = await b.inspect("ov")
@@ -226,9 +238,6 @@ def test_a_global_network_is_shared_by_every_host(root: Path) -> None:  # noqa: 
             assert ("delete_network", created["Id"]) in db["overlay"].calls
             assert ("forget_network", created["Id"]) in da["overlay"].calls
             assert not [k for k in kv.data if k.startswith(("pyd/networks/", "pyd/network-names/", "pyd/endpoints/"))]
-        finally:
-            await a.close()
-            await b.close()
 
     asyncio.run(main())
 
@@ -238,11 +247,7 @@ def test_endpoints_resolve_across_hosts_and_block_removal(root: Path) -> None:  
     kv = MemoryKV()
 
     async def main() -> None:
-        a, da = host(root, "a", kv)
-        b, db = host(root, "b", kv)
-        await a.start()
-        await b.start()
-        try:
+        async with started(root, kv, "a", "b") as [(a, da), (b, db)]:
             await a.create({"Name": "ov", "Driver": "overlay"})
             await until(lambda: "ov" in names_of(b))
             await start_container(a, "a" * 64, "web", "ov")
@@ -267,11 +272,6 @@ def test_endpoints_resolve_across_hosts_and_block_removal(root: Path) -> None:  
             assert not kv.list("pyd/endpoints/")
             await a.remove("ov")
             await until(lambda: "ov" not in names_of(b))
-        finally:
-            for s in (a, b):
-                for cid in list(s.cnets):
-                    await s.forget_container(cid)
-                await s.close()
 
     asyncio.run(main())
 

@@ -67,3 +67,24 @@ class KVStore(Protocol):
 
     def close(self) -> None:
         ...
+
+
+# -- helpers for store authors -------------------------------------------------------------------
+
+
+def check_key(key: object) -> bytes:
+    """A key as bytes; ``InvalidParameter`` unless it is a non-empty string."""
+    from pyd.errors import InvalidParameter
+
+    if not isinstance(key, str) or not key:
+        raise InvalidParameter(f"kvstore key {key!r} is invalid: a non-empty string is required")
+    return key.encode()
+
+
+def check_value(value: object) -> bytes:
+    """A value as bytes; ``InvalidParameter`` unless it is bytes-like."""
+    from pyd.errors import InvalidParameter
+
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise InvalidParameter(f"kvstore value must be bytes, not {type(value).__name__}")
+    return bytes(value)

@@ -14,7 +14,7 @@ import socket
 import threading
 from typing import Any, Iterator
 
-from pyd.drivers.kvstore import KVPair, WatchEvent
+from pyd.drivers.kvstore import KVPair, WatchEvent, check_key, check_value
 from pyd.errors import InvalidParameter, NotFound, Unavailable
 from pyd_kvstore_etcd.client import (
     CONNECT_TIMEOUT,
@@ -45,17 +45,11 @@ class EtcdKVStore:
     def __repr__(self) -> str:
         return f"<EtcdKVStore {self.url}>"
 
-    @staticmethod
-    def _key(key: str) -> bytes:
-        if not isinstance(key, str) or not key:
-            raise InvalidParameter(f"kvstore key {key!r} is invalid: a non-empty string is required")
-        return key.encode()
+    _key = staticmethod(check_key)
 
     @staticmethod
     def _value(value: bytes) -> str:
-        if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise InvalidParameter(f"kvstore value must be bytes, not {type(value).__name__}")
-        return b64(bytes(value))
+        return b64(check_value(value))
 
     @staticmethod
     def _pair(kv: dict[str, Any]) -> KVPair:

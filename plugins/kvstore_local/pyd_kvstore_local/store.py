@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pyd.drivers.kvstore import KVPair, WatchEvent
+from pyd.drivers.kvstore import KVPair, WatchEvent, check_key, check_value
 from pyd.errors import InvalidParameter, NotFound, Unavailable
 
 DB_NAME = "kv.db"
@@ -199,17 +199,8 @@ class LocalKVStore:
         conn.execute("INSERT INTO changes(rev, kind, key, value) VALUES (?, 'delete', ?, x'')", (rev, key))
         return rev
 
-    @staticmethod
-    def _key(key: str) -> bytes:
-        if not isinstance(key, str) or not key:
-            raise InvalidParameter(f"kvstore key {key!r} is invalid: a non-empty string is required")
-        return key.encode()
-
-    @staticmethod
-    def _value(value: bytes) -> bytes:
-        if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise InvalidParameter(f"kvstore value must be bytes, not {type(value).__name__}")
-        return bytes(value)
+    _key = staticmethod(check_key)
+    _value = staticmethod(check_value)
 
     # -- KVStore ------------------------------------------------------------------------
 
