@@ -43,6 +43,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -135,6 +136,8 @@ def main() -> int:
     ap.add_argument("--no-docker", action="store_true")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the clean-up below runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         print("run as root", file=sys.stderr)
         return 2
