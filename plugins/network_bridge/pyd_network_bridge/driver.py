@@ -135,7 +135,7 @@ class BridgeDriver:
             old = self.networks.get(req.network_id)
             st = self._new_state(req)
             if old is not None:  # a retry: keep what we know about the kernel objects
-                st.created_bridge, st.endpoints = old.created_bridge, old.endpoints
+                self._carry_over(old, st)
             for other in self.networks.values():
                 if other.network_id != st.network_id and other.bridge == st.bridge:
                     raise Conflict(
@@ -158,7 +158,7 @@ class BridgeDriver:
             old = self.networks.get(req.network_id)
             st = self._new_state(req)
             if old is not None:
-                st.created_bridge, st.endpoints = old.created_bridge, old.endpoints
+                self._carry_over(old, st)
             self._setup(st, adopt_own=True)
             for ep in st.endpoints.values():
                 if ep.ports and ep.endpoint_id not in self._reserved:
@@ -192,8 +192,37 @@ class BridgeDriver:
             # Published ports on 127.0.0.1 are routed out of this bridge (see module doc).
             links.set_sysctl(PROC_SYS / "net/ipv4/conf" / st.bridge / "route_localnet", "1")
         self.firewall.ensure_network(st)
+        if st.table != self.prefix:
+            st.table = self.prefix
+            self._save(st)
         if self.settings.ip_forward and not st.internal and enable_ip_forward():
             log.info("enabled net.ipv4.ip_forward", extra={"driver": f"network:{NAME}"})
+
+    def _carry_over(self, old: NetworkState, st: NetworkState) -> None:
+        """A retry or a restart: keep what is known about the network's kernel objects. Under
+        another name prefix (the daemon's ``bridge`` setting changed) the bridge's name and the
+        rules' table change too: the old ones are removed, not left behind."""
+        st.endpoints = old.endpoints
+        self._leave_old_table(old)
+        if old.bridge == st.bridge:
+            st.created_bridge, st.table = old.created_bridge, old.table
+        elif old.created_bridge:
+            with IPRoute() as ipr:
+                netlink.delete_link(ipr, old.bridge)
+            log.info("network %s moves from bridge %s to %s", st.name, old.bridge, st.bridge,
+                     extra={"driver": f"network:{NAME}"})
+
+    def _leave_old_table(self, st: NetworkState) -> None:
+        """Rules of ``st`` made under another name prefix: remove them from that table, and
+        the table itself once none of its bridges is left."""
+        if not st.table or st.table == self.prefix:
+            return
+        old = Firewall(st.table, enabled=self.settings.iptables)
+        old.remove_network(st.network_id, st.bridge, drop_table=False)
+        view = old.view()
+        if view is not None and not view.bridges:
+            old.delete_table()
+        st.table = ""
 
     def _need_br_netfilter(self, st: NetworkState) -> None:
         # icc=false filters bridged traffic in the ip forward hook, which sees it only through
@@ -221,6 +250,7 @@ class BridgeDriver:
             for ep in list(st.endpoints.values()):
                 self._drop_endpoint(ipr, st, ep)
             last = not any(n for n in self.networks if n != st.network_id)
+            self._leave_old_table(st)
             self.firewall.remove_network(st.network_id, st.bridge, drop_table=last)
             if st.created_bridge:
                 netlink.delete_link(ipr, st.bridge)

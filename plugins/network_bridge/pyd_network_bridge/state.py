@@ -53,6 +53,9 @@ class NetworkState:
     internal: bool
     gateways: list[str]  # CIDRs on the bridge, e.g. "172.18.0.1/16"
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
+    # The nftables table holding the network's rules (the name prefix when they were made):
+    # a daemon restarted with another prefix moves them instead of leaving the old table.
+    table: str = ""
 
     @property
     def short(self) -> str:
@@ -61,7 +64,8 @@ class NetworkState:
     @classmethod
     def from_json(cls, d: dict) -> NetworkState:
         eps = {k: EndpointState.from_json(v) for k, v in d.get("endpoints", {}).items()}
-        return cls(**{**d, "endpoints": eps})
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "endpoints": eps})
 
 
 class StateStore:

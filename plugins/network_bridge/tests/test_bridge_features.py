@@ -368,3 +368,27 @@ def test_iptables_false_makes_no_rules_and_cannot_publish(env):
     with pytest.raises(NotSupported) as err:
         d.program_external_connectivity(net.network_id, ea.endpoint_id, [PortBinding(80)])
     assert "iptables" in str(err.value)
+
+
+def test_a_restart_under_another_prefix_moves_the_rules_and_leaves_no_table(env, driver):
+    # e.g. the daemon's `bridge` setting changed between two runs on one data-root
+    net = env.network(driver)
+    br = bridge_of(driver, net)
+    assert nft_tables(env.prefix) == [f"ip {env.prefix}"]
+    other = env.prefix + "y"
+    again = env.load("bridge", prefix=other)
+    again.restore_network(net.req)
+    net.driver = again
+    # the old table and bridge are gone; the network is on a bridge of the new prefix
+    assert nft_tables(env.prefix) == [f"ip {other}"]
+    new_br = bridge_of(again, net)
+    assert new_br.startswith(other) and new_br in chain(env, f"n-{net.network_id[:12]}-in", table=other)
+    assert not os.path.exists(f"/sys/class/net/{br}") and os.path.exists(f"/sys/class/net/{new_br}")
+    a, b = env.sandbox(), env.sandbox()
+    env.attach(net, a)
+    assert a.can_ping(ip(env.attach(net, b)))
+    for ep in list(again.networks[net.network_id].endpoints):
+        again.leave(net.network_id, ep)
+        again.delete_endpoint(net.network_id, ep)
+    again.delete_network(net.network_id)
+    assert nft_tables(env.prefix) == [] and not os.path.exists(f"/sys/class/net/{new_br}")
