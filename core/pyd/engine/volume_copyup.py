@@ -16,8 +16,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import NamedTuple
 
+from pyd.drivers.mounts import MountEntry as MountInfo, mount_of  # noqa: F401  (MountInfo: its old name)
 from pyd.engine.rootfs_path import open_in_root
 from pyd.errors import InvalidParameter
 
@@ -146,41 +146,6 @@ def _xattrs(src: int, dst: int) -> None:
 
 
 # -- propagation of bind sources ------------------------------------------------------------------
-
-
-class MountInfo(NamedTuple):
-    mount_point: str
-    optional: tuple[str, ...]  # "shared:N", "master:N", ...
-
-
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> MountInfo | None:
-    """The mount ``path`` lies on (the deepest mount point above it; the last one stacked)."""
-    real = os.path.realpath(path)
-    best: MountInfo | None = None
-    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            parts = line.split()
-            try:
-                sep = parts.index("-")
-            except ValueError:
-                continue
-            point = _unescape(parts[4])
-            if real == point or real.startswith(point.rstrip("/") + "/"):
-                if best is None or len(point) >= len(best.mount_point):
-                    best = MountInfo(point, tuple(parts[6:sep]))
-    return best
 
 
 def check_propagation(source: str, propagation: str, mountinfo: str = "/proc/self/mountinfo") -> None:

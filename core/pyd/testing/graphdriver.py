@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import pytest
 
 from pyd.drivers.graph import ChangeKind, CreateRequest, LayerCapacity
+from pyd.drivers.mounts import mounts_under as _mounts_under
 from pyd.errors import Conflict, InvalidOption, InvalidParameter, NotFound, NotSupported
 from pyd.registry import Kind, PluginRegistry
 
@@ -116,10 +117,8 @@ def snapshot(root: str | Path, *, mtimes: bool = True) -> dict[str, tuple]:
 
 
 def mounts_under(path: str | Path) -> list[str]:
-    prefix = str(path).rstrip("/")
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        points = [line.split()[4].replace("\\040", " ") for line in f]
-    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+    """Mount points at or below ``path``, deepest first."""
+    return _mounts_under(str(path))
 
 
 @dataclass

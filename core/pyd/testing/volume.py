@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import pytest
 
+from pyd.drivers.mounts import mounts_under as _mounts_under
 from pyd.drivers.volume import VolumeRefs, capabilities_of
 from pyd.errors import Conflict, InvalidOption, InvalidParameter, NotFound, NotSupported
 from pyd.registry import Kind, PluginRegistry, list_installed
@@ -57,11 +58,8 @@ PROTOCOL_METHODS = ("parse_options", "create", "remove", "get", "list", "path", 
 
 
 def mounts_under(path: str | Path) -> list[str]:
-    """Mount points at or below ``path`` in this mount namespace (/proc/self/mountinfo)."""
-    prefix = str(path).rstrip("/")
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        points = [line.split()[4].replace("\\040", " ") for line in f]
-    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+    """Mount points at or below ``path`` in this mount namespace, deepest first."""
+    return _mounts_under(str(path))
 
 
 def force_unmount(paths: Sequence[str]) -> None:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from pyd.drivers.mounts import unescape
+
 from pyd_exec_native import devices
 
 if TYPE_CHECKING:
@@ -37,10 +39,6 @@ class Layout:
     mounts: dict[str, str] = field(default_factory=dict)
 
 
-def _unescape(s: str) -> str:
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
 def detect(mountinfo: str = "/proc/self/mountinfo") -> Layout:
     v1: dict[str, str] = {}
     with open(mountinfo) as f:
@@ -48,7 +46,7 @@ def detect(mountinfo: str = "/proc/self/mountinfo") -> Layout:
             pre, _, post = line.partition(" - ")
             fields = pre.split()
             fstype, _src, superopts = (post.split() + ["", "", ""])[:3]
-            mnt = _unescape(fields[4])
+            mnt = unescape(fields[4])
             if fstype == "cgroup2" and mnt == "/sys/fs/cgroup":
                 return Layout(2, {"": mnt})
             if fstype == "cgroup":

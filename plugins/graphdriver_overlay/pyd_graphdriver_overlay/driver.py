@@ -27,10 +27,11 @@ from typing import BinaryIO, Mapping
 
 from pyd.drivers.archive import TreeReader, apply_layer, changes_size, changes_tar, diff_dirs, layer_tar, tar_stream, tree_size
 from pyd.drivers.graph import Change, CreateRequest
+from pyd.drivers.mounts import mounts_under
 from pyd.errors import Conflict, InvalidParameter, NotFound
 
+from .mounts import MNT_DETACH, MS_RDONLY, Syscalls, is_mountpoint
 from .options import parse_layer_options
-from .mounts import MNT_DETACH, MS_RDONLY, Syscalls, is_mountpoint, mounts_under
 from .whiteouts import OverlayFormat, OverlayWhiteouts, native_changes
 
 log = logging.getLogger(__name__)

@@ -124,32 +124,6 @@ class Syscalls:
             probe.unlink()
 
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mounts_under(prefix: str) -> list[str]:
-    """Mount points at or below ``prefix`` in this mount namespace, deepest first."""
-    prefix = prefix.rstrip("/")
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            point = _unescape(line.split()[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)
-
-
 def is_mountpoint(path: str) -> bool:
     """True if ``path`` is on another device than its parent (cheaper than reading mountinfo)."""
     try:

@@ -24,6 +24,7 @@ from typing import BinaryIO, Callable, Mapping
 
 from pyd.drivers.archive import NaiveWhiteouts, apply_layer, changes_size, changes_tar, diff_dirs, tar_stream
 from pyd.drivers.graph import Change, CreateRequest
+from pyd.drivers.mounts import mount_of
 from pyd.errors import Conflict, InvalidParameter, NotFound
 
 from .copy import copy_tree
@@ -36,17 +37,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 def backing_filesystem(path: str) -> str:
     """The type of the filesystem holding ``path``, from mountinfo (e.g. "ext4")."""
-    path = os.path.realpath(path)
-    best, fstype = "", "unknown"
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].replace("\\040", " ")
-            sep = fields.index("-")
-            inside = path == point or path.startswith(point.rstrip("/") + "/")
-            if inside and len(point) >= len(best):
-                best, fstype = point, fields[sep + 1]
-    return fstype
+    entry = mount_of(path)
+    return entry.fstype if entry is not None and entry.fstype else "unknown"
 
 
 class VfsDriver:

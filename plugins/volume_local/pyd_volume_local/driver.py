@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from pyd.drivers.mounts import mounts_under
 from pyd.drivers.volume import VolumeCapabilities, VolumeInfo
 from pyd.errors import Conflict, InvalidOption, InvalidParameter, NotFound, PydError
 
 from pyd_volume_local import options as opts_mod
-from pyd_volume_local.mounts import MS_BIND, MS_REMOUNT, Syscalls, is_mounted, mounts_under
+from pyd_volume_local.mounts import MS_BIND, MS_REMOUNT, Syscalls, is_mounted
 from pyd_volume_local.options import MountOptions
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,8 @@ import ctypes
 import ctypes.util
 import os
 
+from pyd.drivers.mounts import mount_points
+
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
@@ -40,33 +42,6 @@ class Syscalls:
         if self._libc.umount2(os.fsencode(target), flags) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"umount {target}: {os.strerror(err)}")
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_points() -> list[str]:
-    """Every mount point in this mount namespace, in mount order."""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        return [_unescape(line.split()[4]) for line in f]
-
-
-def mounts_under(prefix: str) -> list[str]:
-    """Mount points at or below ``prefix``, deepest first."""
-    prefix = prefix.rstrip("/")
-    found = [p for p in mount_points() if p == prefix or p.startswith(prefix + "/")]
-    return sorted(set(found), key=len, reverse=True)
 
 
 def is_mounted(path: str) -> bool:
