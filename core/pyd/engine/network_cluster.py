@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from pyd.errors import DriverNotInstalled, InvalidParameter, NotFound, PydError, Unavailable
+from pyd.errors import Conflict, DriverNotInstalled, InvalidParameter, NotFound, PydError, Unavailable
 from pyd.registry import Kind, installed_names
 
 if TYPE_CHECKING:
@@ -153,8 +153,6 @@ class ClusterSync:
 
     def claim_name(self, name: str, network_id: str) -> None:
         if not self.kv.compare_and_swap(NAMES + name, 0, network_id.encode()):
-            from pyd.errors import Conflict
-
             raise Conflict(f"network with name {name} already exists")
 
     def release_name(self, name: str, network_id: str) -> None:
